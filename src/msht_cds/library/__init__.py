@@ -1,0 +1,1 @@
+"""The declarative indicator library: models, loading, compilation and evaluation."""

@@ -1,0 +1,426 @@
+"""Compile indicators into predicates once, then evaluate them over one indexed record.
+
+Evidence selectors shared by several indicators are compiled and evaluated once per request;
+nothing here walks the record more than once per selector.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..record import PatientRecord, Resource, age_in_years, codings, reference_key, walk
+from .fhirpath import CompiledPath, compile_strict, truthy
+from .model import (
+    STRENGTH_RANK,
+    Combination,
+    Concern,
+    Condition,
+    ContextRule,
+    Count,
+    Evidence,
+    FieldTest,
+    Form,
+    Indicator,
+    QuestionTest,
+    Strength,
+)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One thing seen in the record; `key` makes the same fact count once across indicators."""
+
+    reference: str
+    description: str
+    date: dt.date | None
+    key: str
+
+
+@dataclass
+class Evaluation:
+    """Per-request state: the record, the visit date and what has been computed so far."""
+
+    record: PatientRecord
+    today: dt.date
+    visit_date: dt.date
+    selector_results: dict[str, list[Fact]] = field(default_factory=dict)
+    fired: dict[str, IndicatorResult] = field(default_factory=dict)
+
+
+Predicate = Callable[[Evaluation], tuple[bool, list[Fact]]]
+
+
+@dataclass
+class IndicatorResult:
+    indicator: Indicator
+    fired: bool
+    strength: Strength
+    evidence: list[Fact]
+    escalated_because: list[str] = field(default_factory=list)
+    context_rule: ContextRule | None = None
+    near: bool = False
+    deduplicated_by: str | None = None
+
+    @property
+    def suppressed(self) -> bool:
+        return self.context_rule is not None and self.context_rule.effect == "suppress"
+
+
+@dataclass
+class Assessment:
+    """What the library concluded for one record; the card contract is built from this."""
+
+    results: list[IndicatorResult]
+    concern: Concern | None
+    card_indicator: str | None
+    library_version: str
+
+    @property
+    def counted(self) -> list[IndicatorResult]:
+        return [
+            r for r in self.results if r.fired and not r.suppressed and r.deduplicated_by is None
+        ]
+
+    @property
+    def suppressed(self) -> list[IndicatorResult]:
+        return [r for r in self.results if r.fired and r.suppressed]
+
+    @property
+    def deduplicated(self) -> list[IndicatorResult]:
+        return [r for r in self.results if r.fired and r.deduplicated_by is not None]
+
+    @property
+    def near(self) -> list[IndicatorResult]:
+        return [r for r in self.results if r.near]
+
+    @property
+    def fired_ids(self) -> set[str]:
+        return {r.indicator.id for r in self.results if r.fired}
+
+    @property
+    def forms(self) -> list[Form]:
+        seen = {form for r in self.counted for form in r.indicator.forms}
+        return [f for f in ("labour", "criminal", "sexual", "domestic_servitude", "financial",
+                            "forced_marriage") if f in seen]  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- selectors
+
+
+def _field_test(test: FieldTest) -> Callable[[Resource], bool]:
+    path = tuple(test.path.split("."))
+
+    def values(resource: Resource) -> list[str]:
+        return [str(v).lower() if isinstance(v, bool) else str(v) for v in walk(resource, path)]
+
+    if test.exists is not None:
+        wanted = test.exists
+        return lambda r: bool(values(r)) == wanted
+    if test.equals is not None:
+        target = str(test.equals).lower() if isinstance(test.equals, bool) else str(test.equals)
+        return lambda r: target in values(r)
+    if test.is_in is not None:
+        allowed = frozenset(test.is_in)
+        return lambda r: any(v in allowed for v in values(r))
+    excluded = frozenset(test.not_in or ())
+    return lambda r: not any(v in excluded for v in values(r))
+
+
+def _answers(items: list[Any], link_id: str) -> Iterator[Any]:
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        if item.get("linkId") == link_id:
+            yield from item.get("answer") or ()
+        yield from _answers(item.get("item") or [], link_id)
+        for answer in item.get("answer") or ():
+            if isinstance(answer, dict):
+                yield from _answers(answer.get("item") or [], link_id)
+
+
+def question_matches(resource: Resource, question: QuestionTest) -> bool:
+    canonical = str(resource.get("questionnaire", "")).split("|", 1)[0]
+    if canonical != question.questionnaire:
+        return False
+    if resource.get("status") not in ("completed", "amended"):
+        return False
+    for answer in _answers(resource.get("item") or [], question.link_id):
+        if not isinstance(answer, dict):
+            continue
+        if question.answer is True and answer.get("valueBoolean") is True:
+            return True
+        coding = answer.get("valueCoding")
+        if isinstance(coding, dict) and coding.get("code") == question.answer:
+            return True
+        if answer.get("valueString") == question.answer:
+            return True
+    return False
+
+
+@dataclass
+class CompiledSelector:
+    key: str
+    spec: Evidence
+    codes: frozenset[tuple[str, str]] | None
+    tests: list[Callable[[Resource], bool]]
+    fhirpath: CompiledPath | None
+
+    def facts(self, ev: Evaluation) -> list[Fact]:
+        cached = ev.selector_results.get(self.key)
+        if cached is None:
+            cached = ev.selector_results[self.key] = list(self._select(ev))
+        return cached
+
+    def _candidates(self, ev: Evaluation) -> list[Resource]:
+        spec, record = self.spec, ev.record
+        if spec.resource == "Patient":
+            return [record.patient] if record.patient else []
+        if spec.current_encounter:
+            return [record.encounter] if record.encounter else []
+        if spec.escort:
+            return list(_escorts(record))
+        return record.of_type(spec.resource, include_drafts=spec.include_draft_orders)
+
+    def _select(self, ev: Evaluation) -> Iterator[Fact]:
+        spec, record = self.spec, ev.record
+        birth = record.birth_date
+        earliest = (
+            ev.visit_date - dt.timedelta(days=spec.within_days) if spec.within_days else None
+        )
+        per_fact_key = spec.resource == "Patient" or spec.current_encounter or spec.escort
+        for resource in self._candidates(ev):
+            if self.codes is not None and not any(
+                c in self.codes for c in codings(resource, spec.code_path)
+            ):
+                continue
+            if not all(test(resource) for test in self.tests):
+                continue
+            date = record.date_of(resource)
+            if earliest is not None and (date is None or date < earliest):
+                continue
+            if date is not None and date > ev.visit_date and not record.is_draft(resource):
+                continue
+            if spec.age_at_event is not None:
+                on = date or ev.visit_date
+                if birth is None or not _in_range(age_in_years(birth, on), spec.age_at_event):
+                    continue
+            if spec.question is not None and not question_matches(resource, spec.question):
+                continue
+            if self.fhirpath is not None and not truthy(self.fhirpath(resource)):
+                continue
+            reference = reference_key(resource)
+            key = reference
+            if per_fact_key:
+                key = f"{reference}#{spec.describe}"
+            elif spec.question is not None:
+                key = f"{reference}#{spec.question.link_id}"
+            description = spec.describe if date is None else f"{spec.describe} ({date.isoformat()})"
+            yield Fact(reference, description, date, key)
+
+
+def _escorts(record: PatientRecord) -> Iterator[Resource]:
+    encounter = record.encounter
+    if encounter is None:
+        return
+    for participant in encounter.get("participant") or ():
+        if not isinstance(participant, dict):
+            continue
+        types = {c for t in participant.get("type") or () for c in codings({"t": t}, "t")}
+        if not any(code == "ESC" for _, code in types):
+            continue
+        person = record.resolve(participant.get("individual"))
+        if person is not None and person.get("resourceType") == "RelatedPerson":
+            yield person
+
+
+def _in_range(age: int, spec: Any) -> bool:
+    if spec.under is not None and age >= spec.under:
+        return False
+    return not (spec.at_least is not None and age < spec.at_least)
+
+
+# --------------------------------------------------------------------------- compiler
+
+
+class Compiler:
+    """Turns the library's conditions into closures; shares identical selectors."""
+
+    def __init__(self, valuesets: dict[str, frozenset[tuple[str, str]]]) -> None:
+        self.valuesets = valuesets
+        self.selectors: dict[str, CompiledSelector] = {}
+
+    def selector(self, spec: Evidence) -> CompiledSelector:
+        key = spec.model_dump_json(by_alias=True, exclude_defaults=True)
+        found = self.selectors.get(key)
+        if found is None:
+            codes = self.valuesets[spec.codes] if spec.codes else None
+            fhirpath = compile_strict(spec.fhirpath) if spec.fhirpath else None
+            found = CompiledSelector(key, spec, codes, [_field_test(t) for t in spec.where], fhirpath)
+            self.selectors[key] = found
+        return found
+
+    def condition(self, cond: Condition, evidence: dict[str, Evidence]) -> Predicate:
+        if cond.all is not None:
+            parts = [self.condition(c, evidence) for c in cond.all]
+            return lambda ev: _all(parts, ev)
+        if cond.any is not None:
+            parts = [self.condition(c, evidence) for c in cond.any]
+            return lambda ev: _any(parts, ev)
+        if cond.not_ is not None:
+            inner = self.condition(cond.not_, evidence)
+            return lambda ev: (not inner(ev)[0], [])
+        if cond.evidence is not None:
+            return self._evidence(cond, self.selector(evidence[cond.evidence]))
+        if cond.age is not None:
+            band = cond.age
+            return lambda ev: (_age_in(ev, band), [])
+        if cond.age_unknown is not None:
+            wanted = cond.age_unknown
+            return lambda ev: ((ev.record.birth_date is None) == wanted, [])
+        if cond.indicator is not None:
+            target = cond.indicator
+
+            def other(ev: Evaluation) -> tuple[bool, list[Fact]]:
+                result = ev.fired.get(target)
+                if result is None or not result.fired or result.suppressed:
+                    return False, []
+                return True, list(result.evidence)
+
+            return other
+        assert cond.fhirpath is not None
+        path = compile_strict(cond.fhirpath)
+        return lambda ev: (
+            ev.record.patient is not None and truthy(path(ev.record.patient)),
+            [],
+        )
+
+    @staticmethod
+    def _evidence(cond: Condition, selector: CompiledSelector) -> Predicate:
+        at_least = cond.at_least or 1
+        fewer = cond.fewer_than
+        distinct = tuple(cond.distinct.split(".")) if cond.distinct else None
+
+        def check(ev: Evaluation) -> tuple[bool, list[Fact]]:
+            facts = selector.facts(ev)
+            if distinct is not None:
+                values = set()
+                for fact in facts:
+                    resource = ev.record.by_reference.get(fact.reference)
+                    if resource is not None:
+                        values.update(str(v) for v in walk(resource, distinct))
+                count = len(values)
+            else:
+                count = len(facts)
+            ok = count >= at_least and (fewer is None or count < fewer)
+            return ok, (facts if ok else [])
+
+        return check
+
+
+def _all(parts: list[Predicate], ev: Evaluation) -> tuple[bool, list[Fact]]:
+    facts: list[Fact] = []
+    for part in parts:
+        ok, found = part(ev)
+        if not ok:
+            return False, []
+        facts.extend(found)
+    return True, facts
+
+
+def _any(parts: list[Predicate], ev: Evaluation) -> tuple[bool, list[Fact]]:
+    hit, facts = False, []
+    for part in parts:
+        ok, found = part(ev)
+        if ok:
+            hit = True
+            facts.extend(found)
+    return hit, facts
+
+
+def _age_in(ev: Evaluation, band: Any) -> bool:
+    age = ev.record.age_on(ev.visit_date)
+    return age is not None and _in_range(age, band)
+
+
+@dataclass
+class CompiledIndicator:
+    indicator: Indicator
+    fires: Predicate
+    escalations: list[tuple[Strength, Predicate, str]]
+    context: list[tuple[ContextRule, Predicate]]
+    near: Predicate | None
+
+    def evaluate(self, ev: Evaluation, explain: bool) -> IndicatorResult:
+        ind = self.indicator
+        fired, facts = self.fires(ev)
+        result = IndicatorResult(ind, fired, ind.strength, _unique(facts))
+        if not fired:
+            if explain and self.near is not None:
+                result.near = self.near(ev)[0]
+            return result
+        for strength, predicate, reason in self.escalations:
+            ok, extra = predicate(ev)
+            if ok and STRENGTH_RANK[strength] > STRENGTH_RANK[result.strength]:
+                result.strength = strength
+                result.escalated_because.append(reason)
+                result.evidence = _unique(result.evidence + extra)
+        for rule, predicate in self.context:
+            if predicate(ev)[0]:
+                result.context_rule = rule
+                if rule.effect == "downgrade" and rule.to is not None:
+                    if STRENGTH_RANK[rule.to] < STRENGTH_RANK[result.strength]:
+                        result.strength = rule.to
+                break
+        return result
+
+
+def _unique(facts: list[Fact]) -> list[Fact]:
+    seen: dict[str, Fact] = {}
+    for fact in facts:
+        seen.setdefault(fact.key, fact)
+    return sorted(seen.values(), key=lambda f: (f.date or dt.date.min, f.reference), reverse=True)
+
+
+# --------------------------------------------------------------------------- combination
+
+
+def deduplicate(results: list[IndicatorResult]) -> None:
+    """Count each fact once, for the strongest indicator it supports (brief §1.4)."""
+    used: dict[str, str] = {}
+    live = [r for r in results if r.fired and not r.suppressed]
+    live.sort(key=lambda r: (-STRENGTH_RANK[r.strength], r.indicator.id))
+    for result in live:
+        keys = [f.key for f in result.evidence]
+        if keys and all(k in used for k in keys):
+            result.deduplicated_by = used[keys[0]]
+            continue
+        for key in keys:
+            used.setdefault(key, result.indicator.id)
+
+
+def _count_holds(count: Count, counted: list[IndicatorResult], info: list[IndicatorResult]) -> bool:
+    pool = info if count.keep_info else counted
+    if count.strength is not None:
+        pool = [r for r in pool if r.strength == count.strength]
+    if count.distinct_groups is not None:
+        return len({r.indicator.group for r in pool}) >= count.distinct_groups
+    return len(pool) >= (count.at_least or 1)
+
+
+def combine(
+    combination: Combination, results: list[IndicatorResult]
+) -> tuple[Concern | None, str | None]:
+    counted = [r for r in results if r.fired and not r.suppressed and r.deduplicated_by is None]
+    info = [r for r in results if r.fired and r.context_rule is not None and r.context_rule.keep_info]
+    for level in combination.levels:
+        any_ok = level.any is None or any(_count_holds(c, counted, info) for c in level.any)
+        all_ok = level.all is None or all(_count_holds(c, counted, info) for c in level.all)
+        if any_ok and all_ok:
+            card = combination.card_indicator[level.concern]
+            if level.concern != "low" and any(r.indicator.critical for r in counted):
+                card = "critical"
+            return level.concern, card
+    return None, None

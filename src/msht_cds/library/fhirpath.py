@@ -1,0 +1,60 @@
+"""Strict FHIRPath: parse at load time with a raising listener, then compile once.
+
+fhirpathpy accepts some malformed expressions (an unfinished `where(system = ` evaluates to
+empty), so every expression in the library is parsed strictly before it is compiled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from antlr4 import CommonTokenStream, InputStream, Token
+from antlr4.error.ErrorListener import ErrorListener
+from fhirpathpy import compile as fhirpath_compile
+from fhirpathpy.models import models
+from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
+
+CompiledPath = Callable[[Any], list[Any]]
+
+
+class FhirPathSyntaxError(ValueError):
+    """The expression is not valid FHIRPath; the message says where."""
+
+
+class _RaisingListener(ErrorListener):  # type: ignore[misc]
+    def syntaxError(  # noqa: N802 - ANTLR's name
+        self, recognizer: Any, offending: Any, line: int, column: int, msg: str, e: Any
+    ) -> None:
+        raise FhirPathSyntaxError(f"column {column + 1}: {msg}")
+
+
+def check_syntax(expression: str) -> None:
+    """Raise FhirPathSyntaxError unless the whole expression parses."""
+    listener = _RaisingListener()
+    lexer = FHIRPathLexer(InputStream(expression))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(listener)
+    stream = CommonTokenStream(lexer)
+    parser = FHIRPathParser(stream)
+    parser.removeErrorListeners()
+    parser.addErrorListener(listener)
+    parser.expression()
+    if stream.LA(1) != Token.EOF:
+        raise FhirPathSyntaxError(f"unexpected text after the expression: {stream.LT(1).text!r}")
+
+
+def compile_strict(expression: str) -> CompiledPath:
+    check_syntax(expression)
+    compiled: CompiledPath = fhirpath_compile(expression, models["r4"])
+    return compiled
+
+
+def truthy(result: list[Any]) -> bool:
+    """FHIRPath's boolean reading of a result collection."""
+    if not result:
+        return False
+    if len(result) == 1 and isinstance(result[0], bool):
+        return result[0]
+    return True

@@ -1,0 +1,90 @@
+"""Read lead-edited YAML strictly (ruamel.yaml round-trip) and keep every node's position.
+
+Pydantic reports problems as `loc` paths; `Positions` maps them back onto file:line:col.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from ..errors import LintIssue
+
+MODELINE_PREFIX = "# yaml-language-server: $schema="
+
+
+@dataclass
+class YamlDocument:
+    """A parsed file: plain data for the models, and the tree that knows positions."""
+
+    path: Path
+    display_path: str
+    data: Any
+    tree: Any
+    text: str
+
+    def position(self, loc: tuple[str | int, ...]) -> tuple[int, int]:
+        """1-based (line, column) of the deepest node on `loc` that exists in the file."""
+        node = self.tree
+        line, col = 1, 1
+        for part in loc:
+            if isinstance(node, CommentedMap) and part in node:
+                key_line, key_col = node.lc.key(part)
+                line, col = key_line + 1, key_col + 1
+                node = node[part]
+            elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+                item_line, item_col = node.lc.item(part)
+                line, col = item_line + 1, item_col + 1
+                node = node[part]
+            else:
+                break
+        return line, col
+
+    def issue(self, loc: tuple[str | int, ...], code: str, message: str) -> LintIssue:
+        line, col = self.position(loc)
+        return LintIssue(self.display_path, line, col, code, message)
+
+
+def plain(node: Any) -> Any:
+    """ruamel nodes → JSON-like Python; dates back to ISO text, as FHIR JSON has them."""
+    if isinstance(node, dict):
+        return {str(k): plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [plain(v) for v in node]
+    if isinstance(node, (dt.datetime, dt.date)):
+        return node.isoformat()
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def read_yaml(path: Path, display_path: str) -> tuple[YamlDocument | None, list[LintIssue]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [LintIssue(display_path, 1, 1, "yaml-syntax", f"cannot read file: {exc}")]
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    try:
+        tree = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = (exc.problem or exc.context or "invalid YAML").strip()
+        hint = " Each key may appear only once in a mapping." if "duplicate" in problem else ""
+        return None, [
+            LintIssue(display_path, line, col, "yaml-syntax", f"{problem}.{hint}".strip())
+        ]
+    except (YAMLError, ValueError, TypeError, RecursionError) as exc:
+        return None, [LintIssue(display_path, 1, 1, "yaml-syntax", f"invalid YAML: {exc}")]
+    if not isinstance(tree, CommentedMap):
+        return None, [
+            LintIssue(display_path, 1, 1, "yaml-syntax", "the file must hold a mapping (key: value)")
+        ]
+    return YamlDocument(path, display_path, plain(tree), tree, text), []

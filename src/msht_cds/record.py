@@ -1,0 +1,274 @@
+"""The child's record: FHIR R4 JSON from prefetch or the FHIR server, indexed once per request.
+
+Resources stay plain dicts (decoded by orjson): validating every resource with fhir.resources
+costs ~0.5 ms each, far more than the whole evaluation, and the rules only read a few fields.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+Resource = dict[str, Any]
+
+_PATIENT_LINKS = ("subject", "patient", "beneficiary")
+_DATE_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "Encounter": (("period", "start"), ("period", "end")),
+    "Condition": (("onsetDateTime",), ("onsetPeriod", "start"), ("recordedDate",)),
+    "Observation": (("effectiveDateTime",), ("effectivePeriod", "start"), ("issued",)),
+    "Procedure": (("performedDateTime",), ("performedPeriod", "start")),
+    "MedicationRequest": (("authoredOn",),),
+    "MedicationStatement": (("effectiveDateTime",), ("effectivePeriod", "start"), ("dateAsserted",)),
+    "MedicationDispense": (("whenHandedOver",), ("whenPrepared",)),
+    "ServiceRequest": (("authoredOn",), ("occurrenceDateTime",)),
+    "Appointment": (("start",), ("created",)),
+    "Flag": (("period", "start"),),
+    "QuestionnaireResponse": (("authored",),),
+    "DocumentReference": (("date",),),
+    "EpisodeOfCare": (("period", "start"),),
+    "CareTeam": (("period", "start"),),
+    "Immunization": (("occurrenceDateTime",), ("recorded",)),
+    "RelatedPerson": (("period", "start"),),
+}
+_CODE_PATHS: dict[str, tuple[str, ...]] = {
+    "Encounter": ("reasonCode", "type"),
+    "Condition": ("code",),
+    "Observation": ("code", "valueCodeableConcept"),
+    "Procedure": ("code",),
+    "MedicationRequest": ("medicationCodeableConcept",),
+    "MedicationStatement": ("medicationCodeableConcept",),
+    "MedicationDispense": ("medicationCodeableConcept",),
+    "ServiceRequest": ("code",),
+    "Appointment": ("serviceType", "reasonCode"),
+    "Flag": ("code",),
+    "RelatedPerson": ("relationship",),
+    "DocumentReference": ("type",),
+    "EpisodeOfCare": ("type",),
+    "CareTeam": ("category",),
+    "Immunization": ("vaccineCode",),
+    "Patient": ("maritalStatus",),
+}
+
+
+def parse_date(value: object) -> dt.date | None:
+    """FHIR date/dateTime/instant → date; partial dates (YYYY, YYYY-MM) → first day."""
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    try:
+        if len(value) == 4:
+            return dt.date(int(value), 1, 1)
+        if len(value) == 7:
+            return dt.date(int(value[:4]), int(value[5:7]), 1)
+        return dt.date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def age_in_years(birth: dt.date, on: dt.date) -> int:
+    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
+
+
+def walk(node: Any, path: Iterable[str]) -> Iterator[Any]:
+    """Values at a dotted path; lists at any level are flattened, as in FHIRPath."""
+    values: list[Any] = [node]
+    for part in path:
+        nxt: list[Any] = []
+        for value in values:
+            if isinstance(value, dict):
+                child = value.get(part)
+                if isinstance(child, list):
+                    nxt.extend(child)
+                elif child is not None:
+                    nxt.append(child)
+        values = nxt
+        if not values:
+            return iter(())
+    return iter(values)
+
+
+def codings(resource: Resource, path: str | None = None) -> Iterator[tuple[str, str]]:
+    """(system, code) pairs of a resource's main coded element(s), or of `path`."""
+    paths = (path,) if path else _CODE_PATHS.get(resource.get("resourceType", ""), ("code",))
+    for p in paths:
+        for concept in walk(resource, p.split(".")):
+            if isinstance(concept, dict):
+                if "coding" in concept:
+                    for coding in concept["coding"] or ():
+                        if isinstance(coding, dict):
+                            yield (str(coding.get("system", "")), str(coding.get("code", "")))
+                elif "code" in concept:  # a bare Coding such as Encounter.class
+                    yield (str(concept.get("system", "")), str(concept.get("code", "")))
+
+
+def reference_key(resource: Resource) -> str:
+    return f"{resource.get('resourceType')}/{resource.get('id')}"
+
+
+@dataclass
+class PatientRecord:
+    """Every resource about one child, by type and by reference, with references resolved."""
+
+    patient_id: str
+    resources: list[Resource] = field(default_factory=list)
+    draft_orders: list[Resource] = field(default_factory=list)
+    encounter_id: str | None = None
+    by_type: dict[str, list[Resource]] = field(default_factory=dict)
+    by_reference: dict[str, Resource] = field(default_factory=dict)
+    dropped_other_patient: int = 0
+    _dates: dict[int, dt.date | None] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        patient_id: str,
+        resources: Iterable[Resource],
+        *,
+        encounter_id: str | None = None,
+        draft_orders: Iterable[Resource] = (),
+        full_urls: dict[int, str] | None = None,
+    ) -> PatientRecord:
+        record = cls(patient_id=patient_id, encounter_id=encounter_id)
+        full_urls = full_urls or {}
+        seen: set[str] = set()
+        candidates: list[Resource] = []
+        for resource in resources:
+            if not isinstance(resource, dict) or "resourceType" not in resource:
+                continue
+            key = reference_key(resource)
+            if key in seen and resource.get("id") is not None:
+                continue
+            seen.add(key)
+            candidates.append(resource)
+            record.by_reference[key] = resource
+            full_url = full_urls.get(id(resource))
+            if full_url:
+                record.by_reference[full_url] = resource
+        for resource in candidates:
+            if record._about_other_patient(resource):
+                record.dropped_other_patient += 1
+                continue
+            record.resources.append(resource)
+            record.by_type.setdefault(resource["resourceType"], []).append(resource)
+        for order in draft_orders:
+            if isinstance(order, dict) and "resourceType" in order:
+                record.draft_orders.append(order)
+        return record
+
+    def _about_other_patient(self, resource: Resource) -> bool:
+        """True for clinical data about someone else: never reason over another child."""
+        if resource.get("resourceType") == "Patient":
+            return resource.get("id") != self.patient_id
+        for link in _PATIENT_LINKS:
+            ref = resource.get(link)
+            if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+                target = self.resolve(ref)
+                if target is not None:
+                    return target.get("resourceType") == "Patient" and target.get("id") != self.patient_id
+                text: str = ref["reference"]
+                if text.startswith("Patient/") or "/Patient/" in text:
+                    return text.rsplit("/", 1)[-1] != self.patient_id
+        return False
+
+    # ------------------------------------------------------------------ access
+
+    @property
+    def patient(self) -> Resource | None:
+        patients = self.by_type.get("Patient")
+        return patients[0] if patients else None
+
+    @property
+    def birth_date(self) -> dt.date | None:
+        patient = self.patient
+        return parse_date(patient.get("birthDate")) if patient else None
+
+    @property
+    def encounter(self) -> Resource | None:
+        if self.encounter_id is None:
+            return None
+        return self.by_reference.get(f"Encounter/{self.encounter_id}")
+
+    def of_type(self, resource_type: str, *, include_drafts: bool = False) -> list[Resource]:
+        found = self.by_type.get(resource_type, [])
+        if include_drafts and self.draft_orders:
+            found = found + [r for r in self.draft_orders if r["resourceType"] == resource_type]
+        return found
+
+    def resolve(self, reference: object) -> Resource | None:
+        """A Reference (dict) or reference string → the resource, if it is in the record."""
+        text = reference.get("reference") if isinstance(reference, dict) else reference
+        if not isinstance(text, str):
+            return None
+        found = self.by_reference.get(text)
+        if found is None and "/" in text and not text.startswith("urn:"):
+            parts = text.rstrip("/").split("/")
+            if len(parts) >= 2:
+                found = self.by_reference.get(f"{parts[-2]}/{parts[-1]}")
+        return found
+
+    def date_of(self, resource: Resource) -> dt.date | None:
+        """The clinically relevant date of a resource (first of its usual date fields)."""
+        key = id(resource)
+        if key not in self._dates:
+            value: dt.date | None = None
+            for path in _DATE_PATHS.get(resource.get("resourceType", ""), ()):
+                for raw in walk(resource, path):
+                    value = parse_date(raw)
+                    if value:
+                        break
+                if value:
+                    break
+            self._dates[key] = value
+        return self._dates[key]
+
+    def visit_date(self, today: dt.date) -> dt.date:
+        """The reference date for ages and windows: this encounter's start, else today."""
+        encounter = self.encounter
+        if encounter is not None:
+            start = self.date_of(encounter)
+            if start is not None and start <= today:
+                return start
+        return today
+
+    def age_on(self, on: dt.date) -> int | None:
+        birth = self.birth_date
+        return age_in_years(birth, on) if birth else None
+
+    def is_draft(self, resource: Resource) -> bool:
+        return any(resource is order for order in self.draft_orders)
+
+
+def resources_from_value(value: object) -> tuple[list[Resource], dict[int, str], list[Resource]]:
+    """A prefetch value → (resources, fullUrl by resource, OperationOutcomes found).
+
+    Handles a single resource, searchset/transaction/batch/collection Bundles and `null`."""
+    resources: list[Resource] = []
+    full_urls: dict[int, str] = {}
+    outcomes: list[Resource] = []
+    if not isinstance(value, dict):
+        return resources, full_urls, outcomes
+    if value.get("resourceType") == "Bundle":
+        for entry in value.get("entry") or ():
+            if not isinstance(entry, dict):
+                continue
+            resource = entry.get("resource")
+            if not isinstance(resource, dict):
+                continue
+            if resource.get("resourceType") == "OperationOutcome":
+                outcomes.append(resource)
+                continue
+            if resource.get("resourceType") == "Bundle":
+                inner, inner_urls, inner_outcomes = resources_from_value(resource)
+                resources.extend(inner)
+                full_urls.update(inner_urls)
+                outcomes.extend(inner_outcomes)
+                continue
+            if isinstance(entry.get("fullUrl"), str):
+                full_urls[id(resource)] = entry["fullUrl"]
+            resources.append(resource)
+    elif value.get("resourceType") == "OperationOutcome":
+        outcomes.append(value)
+    elif "resourceType" in value:
+        resources.append(value)
+    return resources, full_urls, outcomes
