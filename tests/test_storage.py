@@ -129,10 +129,10 @@ def test_concurrent_migrations_do_not_collide(db_url: str) -> None:
         t.start()
     for t in threads:
         t.join(timeout=60)
-    for store in stores:
-        store.close()
     assert errors == []
     assert _count(stores[0], Feedback) == 0
+    for store in stores:
+        store.close()
 
 
 def test_patient_key_is_stable_keyed_and_hides_the_id() -> None:

@@ -84,15 +84,12 @@ class TrustedClient(BaseModel):
             raise ValueError(f"algorithms {bad or '[]'} not allowed; use some of: {allowed}")
         return value
 
-    @field_validator("jwks_url")
+    @field_validator("jwks_url", "jku_allowlist")
     @classmethod
-    def _url_ok(cls, value: str | None) -> str | None:
+    def _https_or_loopback(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            return [_check_fetch_url(u) for u in value]
         return None if value is None else _check_fetch_url(value)
-
-    @field_validator("jku_allowlist")
-    @classmethod
-    def _urls_ok(cls, value: list[str]) -> list[str]:
-        return [_check_fetch_url(u) for u in value]
 
     @field_validator("jwks")
     @classmethod
@@ -195,6 +192,7 @@ class VerifiedClient:
 
 @dataclass
 class _KeySet:
+    lock: threading.Lock = field(default_factory=threading.Lock)
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)
     fetched_at: float = -math.inf
     attempted_at: float = -math.inf
@@ -236,20 +234,15 @@ class JwtVerifier:
         self._min_refresh = min_refresh_seconds
         self._cache_seconds = cache_seconds
         self._owns_http = http_client is None
-        self._http = http_client
+        self._http = http_client or httpx.Client(timeout=FETCH_TIMEOUT_SECONDS)
         self._remote: dict[str, _KeySet] = {}
         self._lock = threading.Lock()
         self._jws = jwt.PyJWS(algorithms=sorted(ASYMMETRIC_ALGORITHMS))
 
     def close(self) -> None:
-        if self._owns_http and self._http is not None:
+        """Close the HTTP client if we created it (call at application shutdown)."""
+        if self._owns_http:
             self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def verify(self, token: str, expected_audience: str) -> VerifiedClient:
         """Check header, issuer, key, signature and claims, then claim the jti; else AuthError."""
@@ -313,8 +306,9 @@ class JwtVerifier:
 
     def _remote_key(self, url: str, kid: str) -> dict[str, Any] | None:
         with self._lock:
-            now = self._clock()
             entry = self._remote.setdefault(url, _KeySet())
+        with entry.lock:  # per URL: one slow EHR key endpoint does not stall the others
+            now = self._clock()
             fresh = now - entry.fetched_at < self._cache_seconds
             wanted = not fresh or kid not in entry.keys
             if wanted and now - entry.attempted_at >= self._min_refresh:
@@ -328,10 +322,9 @@ class JwtVerifier:
             return entry.keys.get(kid)
 
     def _download(self, url: str) -> dict[str, dict[str, Any]]:
-        """GET a JWK Set: https (or loopback), 2 s timeout, no redirects, at most 256 KiB."""
+        """GET a JWK Set: https (or loopback), no redirects, at most 256 KiB and ~2 s in all."""
         _check_fetch_url(url)
-        if self._http is None:
-            self._http = httpx.Client(timeout=FETCH_TIMEOUT_SECONDS, follow_redirects=False)
+        deadline = time.monotonic() + FETCH_TIMEOUT_SECONDS
         headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         with self._http.stream(
             "GET", url, headers=headers, timeout=FETCH_TIMEOUT_SECONDS, follow_redirects=False
@@ -341,8 +334,8 @@ class JwtVerifier:
             body = bytearray()
             for chunk in response.iter_bytes():
                 body += chunk
-                if len(body) > MAX_JWKS_BYTES:
-                    raise ValueError("key set larger than 256 KiB")
+                if len(body) > MAX_JWKS_BYTES or time.monotonic() > deadline:
+                    raise ValueError("key set too large or too slow")
         return _index_jwks(json.loads(body))
 
     def _check_claims(

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     fhir_read_timeout: float = 3.0
     fhir_max_pages: int = 10
     fhir_max_response_bytes: int = 16 * 1024 * 1024
+    fhir_allow_private_networks: bool = False
     jwt_leeway_seconds: int = 60
     override_memory_days: int = 30
     cors_origins: str = ""

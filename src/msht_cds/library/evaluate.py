@@ -21,6 +21,7 @@ from .model import (
     ContextRule,
     Count,
     Evidence,
+    FORMS,
     FieldTest,
     Form,
     Indicator,
@@ -102,9 +103,10 @@ class Assessment:
 
     @property
     def forms(self) -> list[Form]:
-        seen = {form for r in self.counted for form in r.indicator.forms}
-        return [f for f in ("labour", "criminal", "sexual", "domestic_servitude", "financial",
-                            "forced_marriage") if f in seen]  # type: ignore[misc]
+        """Forms named by form-specific indicators; all six only when none is specific."""
+        specific = [r for r in self.counted if len(r.indicator.forms) < len(FORMS)]
+        seen = {form for r in (specific or self.counted) for form in r.indicator.forms}
+        return [f for f in FORMS if f in seen]
 
 
 # --------------------------------------------------------------------------- selectors
@@ -141,11 +143,30 @@ def _answers(items: list[Any], link_id: str) -> Iterator[Any]:
                 yield from _answers(answer.get("item") or [], link_id)
 
 
-def question_matches(resource: Resource, question: QuestionTest) -> bool:
+def _answered(resource: Resource, questionnaire: str) -> bool:
     canonical = str(resource.get("questionnaire", "")).split("|", 1)[0]
-    if canonical != question.questionnaire:
-        return False
-    if resource.get("status") not in ("completed", "amended"):
+    return canonical == questionnaire and resource.get("status") in ("completed", "amended")
+
+
+def _leaf_items(items: list[Any]) -> Iterator[dict[str, Any]]:
+    for item in items:
+        if isinstance(item, dict):
+            if item.get("answer"):
+                yield item
+            yield from _leaf_items(item.get("item") or [])
+
+
+def screening_score(resource: Resource) -> int:
+    """Number of items answered `yes` (valueBoolean true) in a screening response."""
+    return sum(
+        1
+        for item in _leaf_items(resource.get("item") or [])
+        if any(isinstance(a, dict) and a.get("valueBoolean") is True for a in item["answer"])
+    )
+
+
+def question_matches(resource: Resource, question: QuestionTest) -> bool:
+    if not _answered(resource, question.questionnaire):
         return False
     for answer in _answers(resource.get("item") or [], question.link_id):
         if not isinstance(answer, dict):
@@ -208,6 +229,11 @@ class CompiledSelector:
                 if birth is None or not _in_range(age_in_years(birth, on), spec.age_at_event):
                     continue
             if spec.question is not None and not question_matches(resource, spec.question):
+                continue
+            if spec.score is not None and not (
+                _answered(resource, spec.score.questionnaire)
+                and screening_score(resource) >= spec.score.at_least
+            ):
                 continue
             if self.fhirpath is not None and not truthy(self.fhirpath(resource)):
                 continue

@@ -96,6 +96,13 @@ class QuestionTest(Strict):
     answer: bool | str = Field(default=True, description="true for a yes, or a coded answer.")
 
 
+class ScoreTest(Strict):
+    """A scored screening Questionnaire: count of `yes` answers at or above a threshold."""
+
+    questionnaire: str = Field(description="Canonical URL of the screening Questionnaire.")
+    at_least: int = Field(ge=1, description="Published positive threshold, e.g. SSCST 2.")
+
+
 SelectorResource = Literal[
     "Patient",
     "Encounter",
@@ -144,6 +151,9 @@ class Evidence(Strict):
     question: QuestionTest | None = Field(
         default=None, description="QuestionnaireResponse only: the answer to look for."
     )
+    score: ScoreTest | None = Field(
+        default=None, description="QuestionnaireResponse only: a positive screening score."
+    )
     fhirpath: str | None = Field(
         default=None,
         description="Extra FHIRPath filter, evaluated on each candidate; use only when the "
@@ -160,8 +170,8 @@ class Evidence(Strict):
     def _fits_resource(self) -> Evidence:
         if self.escort and self.resource != "RelatedPerson":
             raise ValueError("escort: true applies only to resource: RelatedPerson")
-        if self.question and self.resource != "QuestionnaireResponse":
-            raise ValueError("question applies only to resource: QuestionnaireResponse")
+        if (self.question or self.score) and self.resource != "QuestionnaireResponse":
+            raise ValueError("question and score apply only to resource: QuestionnaireResponse")
         if self.current_encounter and self.resource != "Encounter":
             raise ValueError("current_encounter applies only to resource: Encounter")
         return self

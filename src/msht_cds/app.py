@@ -1,0 +1,80 @@
+"""FastAPI application factory. The library is loaded before the first request; a library
+that fails lint stops start-up, while a failed reload keeps the last good one serving."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__
+from .config import Settings, get_settings
+from .logs import configure_logging, get_logger
+from .routes import outcome, router
+from .runtime import Runtime
+from .service import load_knowledge
+
+log = get_logger("msht_cds.app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_format)
+    knowledge = load_knowledge(Path(settings.library_dir), Path(settings.cards_dir))
+    runtime = Runtime(settings, knowledge)
+    runtime.storage.migrate()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.auth_enabled:
+            log.warning("AUTHENTICATION_DISABLED", detail="MSHT_CDS_AUTH=off: every caller is "
+                        "trusted. For local development on loopback only.")
+        log.info("started", library_version=knowledge.version, auth=settings.auth)
+        yield
+        await runtime.aclose()
+
+    app = FastAPI(
+        title="msht-cds",
+        version=__version__,
+        description="CDS Hooks 2.0 service: child modern slavery and human trafficking "
+        "indicators and referral pathways for paediatricians.",
+        docs_url=settings.docs_url,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        return outcome(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return outcome(400, "invalid", "the request parameters are not valid")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected_error", error_type=type(exc).__name__)
+        return outcome(500, "exception", "internal error; the incident has been logged")
+
+    app.include_router(router)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Entry point for `uvicorn msht_cds.app:app_from_environment --factory`."""
+    return create_app(get_settings())

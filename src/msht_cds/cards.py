@@ -1,0 +1,305 @@
+"""Build CDS Hooks cards: pydantic models for structure, sandboxed Jinja only for the prose.
+
+Templates in `cards/` are edited by safeguarding leads. They render `summary` (plain text,
+< 140 characters) and `detail` (GitHub-flavoured markdown) and nothing else; StrictUndefined
+turns a misspelt variable into a load-time error instead of an empty sentence.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .cdshooks import Action, Card, Coding, Link, Source, Suggestion
+from .errors import LibraryLoadError, LintIssue
+from .library.evaluate import Assessment, IndicatorResult
+from .library.loader import Library
+from .referral import ReferralPlan
+
+CARD_KINDS = ("assessment", "discharge", "order")
+TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
+    kind: frozenset(
+        {
+            "concern", "card_indicator", "forms", "form_labels", "indicators", "suppressed",
+            "steps", "advice", "form_advice", "organisation", "pathway_title", "earlier_decision",
+            "library", "page_url",
+        }
+    )
+    for kind in CARD_KINDS
+}
+FORM_LABELS = {
+    "labour": "labour exploitation",
+    "criminal": "criminal exploitation",
+    "sexual": "sexual exploitation",
+    "domestic_servitude": "domestic servitude",
+    "financial": "financial exploitation",
+    "forced_marriage": "forced marriage",
+}
+EXTENSION_KEY = "msht-cds"
+OVERRIDE_SYSTEM = "https://fhir.msht-cds.org/CodeSystem/override-reason"
+OVERRIDE_REASONS = (
+    ("already-referred", "Already referred to the safeguarding team"),
+    ("assessed-not-exploitation", "Assessed: not exploitation"),
+    ("unsafe-to-act-now", "Unsafe to act now - adult present; will act later"),
+    ("known-to-social-care", "Known to children's social care; allocated worker informed"),
+    ("information-incorrect", "Information on the card is incorrect"),
+)
+ALREADY_REFERRED = "already-referred"
+SECURITY_LABELS = [
+    {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+        "code": "V",
+        "display": "very restricted",
+    },
+    {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+        "code": "SDV",
+        "display": "sexual assault, abuse, or domestic violence information sensitivity",
+    },
+]
+SAFEGUARDING_CONCERN = {
+    "system": "http://snomed.info/sct",
+    "code": "836881000000105",
+    "display": "Child is cause for safeguarding concern",
+}
+
+
+def template_environment(cards_dir: Path) -> ImmutableSandboxedEnvironment:
+    return ImmutableSandboxedEnvironment(
+        loader=FileSystemLoader(str(cards_dir)),
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+@dataclass
+class CardTemplates:
+    """The loaded `cards/` folder: `<kind>.summary.j2` and `<kind>.detail.md.j2` per kind."""
+
+    env: ImmutableSandboxedEnvironment
+    root: Path
+
+    @classmethod
+    def load(cls, cards_dir: Path) -> CardTemplates:
+        env = template_environment(cards_dir)
+        issues = []
+        for kind in CARD_KINDS:
+            for part in ("summary.j2", "detail.md.j2"):
+                name = f"{kind}.{part}"
+                path = cards_dir / name
+                if not path.is_file():
+                    issues.append(LintIssue(str(path), 1, 1, "unknown-template",
+                                            f"template {name} is missing from {cards_dir}"))
+                    continue
+                issues.extend(check_template(env, path, name, TEMPLATE_VARIABLES[kind]))
+        if issues:
+            raise LibraryLoadError(issues)
+        return cls(env, cards_dir)
+
+    def render(self, kind: str, part: str, variables: dict[str, Any]) -> str:
+        return self.env.get_template(f"{kind}.{part}").render(**variables).strip()
+
+
+def check_template(
+    env: ImmutableSandboxedEnvironment, path: Path, name: str, provided: frozenset[str]
+) -> list[LintIssue]:
+    source = path.read_text(encoding="utf-8")
+    try:
+        ast = env.parse(source)
+    except TemplateError as exc:
+        line = getattr(exc, "lineno", 1) or 1
+        return [LintIssue(str(path), line, 1, "template-syntax", str(exc))]
+    unknown = sorted(meta.find_undeclared_variables(ast) - provided)
+    return [
+        LintIssue(str(path), _line_of(source, var), 1, "template-variable",
+                  f"`{var}` is not provided to card templates; available: "
+                  f"{', '.join(sorted(provided))}")
+        for var in unknown
+    ]
+
+
+def _line_of(source: str, var: str) -> int:
+    for number, line in enumerate(source.splitlines(), 1):
+        if var in line:
+            return number
+    return 1
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _indicator_payload(result: IndicatorResult) -> dict[str, Any]:
+    ind = result.indicator
+    return {
+        "id": ind.id,
+        "title": ind.title,
+        "strength": result.strength,
+        "forms": list(ind.forms),
+        "evidence": [
+            {"reference": f.reference, "description": f.description} for f in result.evidence
+        ],
+    }
+
+
+def template_variables(
+    assessment: Assessment,
+    plan: ReferralPlan,
+    library: Library,
+    page_url: str,
+    earlier_decision: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "concern": assessment.concern,
+        "card_indicator": assessment.card_indicator,
+        "forms": assessment.forms,
+        "form_labels": [FORM_LABELS[f] for f in assessment.forms],
+        "indicators": [
+            _indicator_payload(r) | {"escalated_because": r.escalated_because}
+            for r in assessment.counted
+        ],
+        "suppressed": [
+            {"title": r.indicator.title, "reason": r.context_rule.reason}
+            for r in assessment.results
+            if r.fired and r.context_rule is not None
+        ],
+        "steps": [
+            {
+                "title": s.step.title,
+                "action": s.step.action,
+                "contacts": [c.model_dump() for c in s.contacts],
+            }
+            for s in plan.steps
+        ],
+        "advice": plan.advice,
+        "form_advice": {FORM_LABELS[f]: lines for f, lines in plan.form_advice.items()},
+        "organisation": plan.overlay.organisation if plan.overlay else None,
+        "pathway_title": plan.pathway.title,
+        "earlier_decision": earlier_decision,
+        "library": {"id": library.id, "version": library.version},
+        "page_url": page_url,
+    }
+
+
+def _labelled(resource: dict[str, Any]) -> dict[str, Any]:
+    resource["meta"] = {"security": [dict(label) for label in SECURITY_LABELS]}
+    return resource
+
+
+REFERRAL_NAMESPACE = uuid.UUID("6f1d3c1e-8d0a-4c53-9a51-3c1f0e0b7a21")
+
+
+def referral_suggestion_uuid(card_uuid: str) -> str:
+    """Derived from the card, so feedback that accepts it can be recognised as a referral."""
+    return str(uuid.uuid5(REFERRAL_NAMESPACE, card_uuid))
+
+
+def suggestions_for(
+    card_uuid: str, patient_id: str, encounter_id: str | None, organisation: str | None
+) -> list[Suggestion]:
+    """A referral to the hospital safeguarding team and a coded concern, both labelled so
+    that patient and proxy portals do not show them (v3-Confidentiality V + SDV)."""
+    subject = {"reference": f"Patient/{patient_id}"}
+    encounter = {"encounter": {"reference": f"Encounter/{encounter_id}"}} if encounter_id else {}
+    performer = organisation or "Hospital safeguarding children team"
+    referral = _labelled(
+        {
+            "resourceType": "ServiceRequest",
+            "status": "draft",
+            "intent": "proposal",
+            "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "3457005",
+                                      "display": "Patient referral"}]}],
+            "code": {"text": "Referral to hospital safeguarding children team"},
+            "subject": subject,
+            **encounter,
+            "performerType": {"text": performer},
+            "reasonCode": [{"coding": [dict(SAFEGUARDING_CONCERN)]}],
+        }
+    )
+    concern = _labelled(
+        {
+            "resourceType": "Condition",
+            "clinicalStatus": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                "code": "active"}]},
+            "verificationStatus": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                "code": "provisional"}]},
+            "code": {"coding": [dict(SAFEGUARDING_CONCERN)]},
+            "subject": subject,
+            **encounter,
+        }
+    )
+    return [
+        Suggestion(
+            label="Refer to the hospital safeguarding children team",
+            uuid=referral_suggestion_uuid(card_uuid),
+            isRecommended=True,
+            actions=[Action(type="create", description="Draft a confidential referral to the "
+                            "hospital safeguarding children team", resource=referral)],
+        ),
+        Suggestion(
+            label="Record 'Child is cause for safeguarding concern' (confidential)",
+            uuid=str(uuid.uuid4()),
+            actions=[Action(type="create", description="Add a confidential coded safeguarding "
+                            "concern (SNOMED CT 836881000000105)", resource=concern)],
+        ),
+    ]
+
+
+def override_reasons() -> list[Coding]:
+    return [Coding(system=OVERRIDE_SYSTEM, code=c, display=d) for c, d in OVERRIDE_REASONS]
+
+
+def build_card(
+    *,
+    kind: str,
+    templates: CardTemplates,
+    library: Library,
+    assessment: Assessment,
+    plan: ReferralPlan,
+    indicator: str,
+    concern: str,
+    patient_id: str,
+    encounter_id: str | None,
+    page_url: str,
+    earlier_decision: str | None = None,
+    with_suggestions: bool = True,
+) -> Card:
+    variables = template_variables(assessment, plan, library, page_url, earlier_decision)
+    links = [Link(label=f"Full referral pathway: {plan.pathway.title}", url=page_url,
+                  type="absolute")]
+    links += [Link(label=link.label, url=link.url, type="absolute") for link in plan.pathway.links]
+    card_uuid = str(uuid.uuid4())
+    suggestions = (
+        suggestions_for(card_uuid, patient_id, encounter_id, variables["organisation"])
+        if with_suggestions else None
+    )
+    return Card(
+        uuid=card_uuid,
+        summary=templates.render(kind, "summary.j2", variables).replace("\n", " "),
+        detail=templates.render(kind, "detail.md.j2", variables),
+        indicator=indicator,  # type: ignore[arg-type]
+        source=Source(label=f"msht-cds safeguarding library {library.version}",
+                      topic=Coding(system="https://fhir.msht-cds.org/CodeSystem/card-topic",
+                                   code="child-exploitation", display="Child exploitation")),
+        suggestions=suggestions,
+        selectionBehavior="any" if suggestions else None,
+        overrideReasons=override_reasons(),
+        links=links,
+        extension={
+            EXTENSION_KEY: {
+                "concern": concern,
+                "forms": list(assessment.forms),
+                "indicators": [_indicator_payload(r) for r in assessment.counted],
+                "library": {"id": library.id, "version": library.version},
+            }
+        },
+    )

@@ -1,0 +1,380 @@
+"""HTTP endpoints: discovery, hook services, feedback, health, metrics, pathway pages.
+
+Status codes: 200 success; 400 malformed JSON or fields (OperationOutcome); 401 bad or missing
+JWT (one generic body); 404 unknown service; 405 wrong method; 412 data could not be obtained
+(OperationOutcome); 413 body or record too large. Never a 5xx for bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+from typing import Any
+
+import anyio
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .auth import VerifiedClient, bearer_token
+from .cards import ALREADY_REFERRED, referral_suggestion_uuid
+from .cdshooks import Discovery, ServiceDescription, parse_feedback
+from .errors import (
+    AuthError,
+    BadRequestError,
+    FhirServerError,
+    PayloadTooLargeError,
+    RequestError,
+)
+from .logs import get_logger
+from .pages import render_pathway_page
+from .runtime import Runtime
+from .service import (
+    HOOK_BY_SERVICE,
+    SERVICE_IDS,
+    CallSettings,
+    Decision,
+    History,
+    complete_prefetch,
+    decide,
+    prepare,
+)
+from .storage import CallRecord, FeedbackEntry, IssuedCard
+
+router = APIRouter()
+log = get_logger("msht_cds.http")
+JSON_MEDIA = "application/json; charset=utf-8"
+UNAUTHORIZED_BODY = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "error", "code": "login", "diagnostics": "Authentication failed."}],
+}
+_TITLES = {
+    "patient-view": "Child exploitation indicators (patient view)",
+    "encounter-start": "Child exploitation indicators at the start of a visit",
+    "encounter-discharge": "Safeguarding check before discharge",
+    "order-select": "Orders that may be exploitation indicators (selection)",
+    "order-sign": "Orders that may be exploitation indicators (signing)",
+}
+_DESCRIPTIONS = {
+    "patient-view": "Checks the child's record against the RCPCH-based indicator library of "
+    "modern slavery and trafficking and returns calm guidance with the referral pathway.",
+    "encounter-start": "As patient-view, at the start of an encounter, including who is "
+    "accompanying the child.",
+    "encounter-discharge": "Warns when a high safeguarding concern was identified and no "
+    "referral has been recorded for this encounter.",
+    "order-select": "Reacts when the selected order is itself an indicator (e.g. an STI test "
+    "or emergency contraception for a child under 13).",
+    "order-sign": "As order-select, when the orders are signed.",
+}
+USAGE = (
+    "Send a JWT signed by a registered client (ES384/RS384). The prefetch templates are "
+    "required: keys that are absent are fetched from fhirServer with fhirAuthorization when the "
+    "server is registered for the client; otherwise the service answers 412. Cards carry "
+    "extension 'msht-cds'. Feedback is used to quieten cards after 'already-referred'."
+)
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def outcome(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": code, "diagnostics": message}],
+        },
+        status_code=status,
+        media_type=JSON_MEDIA,
+    )
+
+
+def error_response(error: RequestError) -> JSONResponse:
+    if isinstance(error, AuthError):
+        return JSONResponse(UNAUTHORIZED_BODY, status_code=401, media_type=JSON_MEDIA,
+                            headers={"WWW-Authenticate": "Bearer"})
+    return outcome(error.status_code, error.issue_code, error.message)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"the body is not valid JSON ({exc.msg})", "structure") from exc
+
+
+async def authenticate(request: Request, runtime: Runtime, path: str) -> VerifiedClient | None:
+    settings = runtime.settings
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        if settings.auth_enabled:
+            raise AuthError("missing_token")
+        return None
+    if not settings.auth_enabled:
+        return None
+    audience = settings.public_base_url + path
+    try:
+        return await anyio.to_thread.run_sync(runtime.verifier.verify, token, audience)
+    except AuthError as exc:
+        runtime.metrics.auth_failures.labels(exc.message).inc()
+        raise
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+@router.get("/cds-services", response_model=Discovery, response_model_exclude_none=True)
+async def discovery(request: Request) -> Any:
+    """CDS Hooks discovery: one service per hook; prefetch derived from the loaded library."""
+    runtime = runtime_of(request)
+    if request.headers.get("authorization"):
+        try:
+            await authenticate(request, runtime, "/cds-services")
+        except AuthError as exc:
+            return error_response(exc)
+    plan = runtime.knowledge.plan
+    services = [
+        ServiceDescription(
+            hook=hook, id=service_id, title=_TITLES[hook], description=_DESCRIPTIONS[hook],
+            prefetch=plan.templates(hook), usageRequirements=USAGE,
+        )
+        for hook, service_id in SERVICE_IDS.items()
+    ]
+    return JSONResponse(
+        Discovery(services=services).model_dump(exclude_none=True), media_type=JSON_MEDIA
+    )
+
+
+# --------------------------------------------------------------------------- hook calls
+
+
+@router.post("/cds-services/{service_id}")
+async def call_service(service_id: str, request: Request) -> Response:
+    """Invoke a hook service. Body: a CDS Hooks request (read raw, validated by hand)."""
+    runtime = runtime_of(request)
+    started = time.perf_counter()
+    hook = HOOK_BY_SERVICE.get(service_id)
+    if hook is None:
+        return outcome(404, "not-found", f"no service `{service_id}`; see /cds-services")
+    request_id = str(uuid.uuid4())
+    knowledge = runtime.knowledge
+    decision: Decision | None = None
+    client: VerifiedClient | None = None
+    try:
+        client = await authenticate(request, runtime, f"/cds-services/{service_id}")
+        raw = await read_body(request, runtime.settings.max_body_bytes)
+        body = await anyio.to_thread.run_sync(decode_json, raw)
+        hook_request, state = await anyio.to_thread.run_sync(prepare, knowledge, body, hook)
+        allowed = runtime.allowed_fhir_bases(client.client.fhir_servers if client else None)
+        try:
+            async with asyncio.timeout(runtime.settings.hook_deadline_seconds):
+                await complete_prefetch(knowledge, hook_request, state, runtime.reader, allowed)
+        except TimeoutError as exc:
+            raise FhirServerError("the FHIR server did not answer within the deadline") from exc
+        if len(state.resources) > runtime.settings.max_resources:
+            raise PayloadTooLargeError("the record has more resources than this service accepts")
+        history = await anyio.to_thread.run_sync(_history, runtime, hook_request)
+        settings = CallSettings(runtime.settings.nation, runtime.settings.locality,
+                                runtime.settings.public_base_url)
+        today = dt.datetime.now(dt.UTC).date()
+        decision = await anyio.to_thread.run_sync(
+            lambda: decide(knowledge, hook_request, state, settings, today, history)
+        )
+        status = 200
+        response: Response = Response(
+            decision.response.model_dump_json(exclude_none=True), media_type=JSON_MEDIA
+        )
+    except RequestError as exc:
+        status = exc.status_code
+        response = error_response(exc)
+        if status != 401:
+            log.info("hook_rejected", request_id=request_id, reason=exc.issue_code)
+    except RecursionError:
+        status = 400
+        response = outcome(400, "structure", "the JSON is nested too deeply")
+    latency = time.perf_counter() - started
+    response.headers["X-Library-Version"] = knowledge.version
+    response.headers["X-Request-Id"] = request_id
+    await anyio.to_thread.run_sync(
+        _audit, runtime, service_id, hook, client, decision, status, latency, knowledge.version
+    )
+    runtime.metrics.requests.labels(service_id, str(status)).inc()
+    runtime.metrics.latency.labels(service_id).observe(latency)
+    log.info("hook_call", request_id=request_id, hook=hook, service=service_id, status=status,
+             library_version=knowledge.version, latency_ms=round(latency * 1000, 2),
+             cards=len(decision.response.cards) if decision else 0)
+    return response
+
+
+def _history(runtime: Runtime, request: Any) -> History:
+    storage = runtime.storage
+    patient_key = storage.patient_key(request.patient_id)
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=runtime.settings.override_memory_days)
+    earlier = storage.latest_override(patient_key, {ALREADY_REFERRED}, since)
+    referral = False
+    if request.hook == "encounter-discharge":
+        encounter_key = storage.encounter_key(request.encounter_id) if request.encounter_id else None
+        referral = storage.has_referral(patient_key, encounter_key)
+    return History(earlier.at if earlier else None, referral)
+
+
+def _audit(
+    runtime: Runtime,
+    service_id: str,
+    hook: str,
+    client: VerifiedClient | None,
+    decision: Decision | None,
+    status: int,
+    latency: float,
+    version: str,
+) -> None:
+    """Audit row and issued cards; no clinical text, no tokens, patient only as a keyed hash."""
+    storage = runtime.storage
+    now = dt.datetime.now(dt.UTC)
+    cards = decision.response.cards if decision else []
+    patient_key = encounter_key = None
+    indicator_ids: list[str] = []
+    concern = None
+    if decision is not None:
+        patient_key = storage.patient_key(decision.request.patient_id)
+        if decision.request.encounter_id:
+            encounter_key = storage.encounter_key(decision.request.encounter_id)
+        if decision.assessment is not None and cards:
+            indicator_ids = [r.indicator.id for r in decision.assessment.counted]
+            concern = decision.assessment.concern
+    storage.record_call(CallRecord(
+        at=now, client=client.issuer if client else None, hook=hook, service_id=service_id,
+        hook_instance=decision.request.hook_instance if decision else "",
+        library_version=version, patient_key=patient_key, encounter_key=encounter_key,
+        card_uuids=[c.uuid for c in cards], indicator_ids=indicator_ids, concern=concern,
+        status_code=status, latency_ms=latency * 1000,
+    ))
+    if cards and decision is not None and patient_key is not None:
+        storage.record_cards([
+            IssuedCard(
+                uuid=card.uuid, service_id=service_id,
+                hook_instance=decision.request.hook_instance, patient_key=patient_key,
+                indicator_ids=indicator_ids, concern=concern or "",
+                suggestion_uuids=[s.uuid for s in card.suggestions or []], issued_at=now,
+                encounter_key=encounter_key,
+            )
+            for card in cards
+        ])
+        for card in cards:
+            runtime.metrics.cards.labels(service_id, card.indicator, concern or "").inc()
+        for ident in indicator_ids:
+            runtime.metrics.indicators.labels(ident).inc()
+
+
+@router.get("/cds-services/{service_id}", include_in_schema=False)
+async def service_get(service_id: str) -> Response:
+    return outcome(405, "not-supported", "use POST to call a CDS service")
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+@router.post("/cds-services/{service_id}/feedback")
+async def feedback(service_id: str, request: Request) -> Response:
+    """Store feedback durably (committed before 200) and idempotently; `{}` on success."""
+    runtime = runtime_of(request)
+    if service_id not in HOOK_BY_SERVICE:
+        return outcome(404, "not-found", f"no service `{service_id}`")
+    try:
+        await authenticate(request, runtime, f"/cds-services/{service_id}/feedback")
+        raw = await read_body(request, 1024 * 1024)
+        items = parse_feedback(decode_json(raw))
+    except RequestError as exc:
+        return error_response(exc)
+    entries = [
+        FeedbackEntry(
+            card_uuid=item.card, outcome=item.outcome,
+            accepted_suggestions=list(item.accepted_suggestions),
+            override_code=item.override_code, override_system=item.override_system,
+            outcome_timestamp=dt.datetime.fromisoformat(item.outcome_timestamp.replace("Z", "+00:00")),
+            user_comment_present=item.user_comment_present,
+        )
+        for item in items
+    ]
+    referrals = {referral_suggestion_uuid(item.card) for item in items}
+    result = await anyio.to_thread.run_sync(
+        lambda: runtime.storage.record_feedback(service_id, entries, referrals.__contains__)
+    )
+    for item in items:
+        runtime.metrics.feedback.labels(item.outcome).inc()
+    log.info("feedback", service=service_id, stored=result.stored,
+             duplicates=result.duplicates, unknown_cards=result.unknown_cards)
+    return JSONResponse({}, media_type=JSON_MEDIA)
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@router.get("/livez", include_in_schema=True)
+async def livez() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when a valid library is loaded and the database answers."""
+    runtime = runtime_of(request)
+    knowledge = runtime.knowledge
+    database = await anyio.to_thread.run_sync(runtime.storage.ping)
+    reload = runtime.last_reload
+    body = {
+        "status": "ok" if database else "unavailable",
+        "library": {
+            "id": knowledge.library.id,
+            "version": knowledge.library.version,
+            "revision": knowledge.library.revision,
+            "indicators": len(knowledge.library.compiled),
+            "loaded_at": knowledge.loaded_at.isoformat(),
+        },
+        "database": "ok" if database else "unavailable",
+        "last_reload": {
+            "ok": reload.ok,
+            "at": reload.at.isoformat() if reload.at else None,
+            "errors": [str(i) for i in reload.issues[:50]],
+        },
+    }
+    return JSONResponse(body, status_code=200 if database else 503)
+
+
+@router.get("/healthz", include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    registry = runtime_of(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/pathways/{nation}", response_class=HTMLResponse)
+async def pathway_page(nation: str, request: Request, locality: str | None = None) -> Response:
+    """The full, printable referral checklist for a nation and locality (no patient data)."""
+    runtime = runtime_of(request)
+    html = render_pathway_page(runtime.knowledge, nation, locality)
+    if html is None:
+        return outcome(404, "not-found", f"no pathway for `{nation}`")
+    return HTMLResponse(html)

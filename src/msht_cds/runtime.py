@@ -1,0 +1,92 @@
+"""The running service's state: settings, the current knowledge (swapped whole on reload),
+the database, the JWT verifier, the FHIR reader and metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .auth import JwtVerifier, TrustedClients, load_trusted_clients
+from .config import Settings
+from .errors import LibraryLoadError, LintIssue
+from .fhir import FhirLimits, FhirReader
+from .logs import get_logger
+from .metrics import Metrics
+from .service import Knowledge, load_knowledge
+from .storage import DatabaseReplayCache, Storage
+
+log = get_logger("msht_cds.runtime")
+
+
+@dataclass
+class ReloadStatus:
+    ok: bool = True
+    at: dt.datetime | None = None
+    issues: list[LintIssue] = field(default_factory=list)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, knowledge: Knowledge) -> None:
+        self.settings = settings
+        self.knowledge = knowledge
+        self.metrics = Metrics()
+        self.storage = Storage(settings.database_url, settings.patient_hash_key)
+        self.reader = FhirReader(
+            FhirLimits(
+                connect_timeout=settings.fhir_connect_timeout,
+                read_timeout=settings.fhir_read_timeout,
+                max_pages=settings.fhir_max_pages,
+                max_response_bytes=settings.fhir_max_response_bytes,
+                allow_private_networks=settings.fhir_allow_private_networks,
+            )
+        )
+        self.clients = (
+            load_trusted_clients(settings.clients_file)
+            if settings.clients_file is not None
+            else TrustedClients(clients=[])
+        )
+        self.verifier = JwtVerifier(
+            self.clients,
+            DatabaseReplayCache(self.storage),
+            leeway_seconds=settings.jwt_leeway_seconds,
+        )
+        self.last_reload = ReloadStatus(at=knowledge.loaded_at)
+        self._reload_lock = threading.Lock()
+        self._publish_library()
+
+    def _publish_library(self) -> None:
+        self.metrics.library_info.clear()
+        self.metrics.library_info.labels(self.knowledge.library.id, self.knowledge.version).set(1)
+        self.metrics.library_last_reload_ok.set(1 if self.last_reload.ok else 0)
+
+    def reload(self) -> ReloadStatus:
+        """Load and lint the library anew; swap only if it is clean, else keep serving."""
+        with self._reload_lock:
+            now = dt.datetime.now(dt.UTC)
+            try:
+                fresh = load_knowledge(Path(self.settings.library_dir), Path(self.settings.cards_dir))
+            except LibraryLoadError as exc:
+                self.last_reload = ReloadStatus(ok=False, at=now, issues=exc.issues)
+                self.metrics.library_reload_failures.inc()
+                self.metrics.lint_errors.set(len(exc.issues))
+                log.error("library_reload_rejected", errors=len(exc.issues),
+                          serving=self.knowledge.version)
+            else:
+                self.knowledge = fresh
+                self.last_reload = ReloadStatus(ok=True, at=now)
+                self.metrics.lint_errors.set(0)
+                log.info("library_reloaded", library_version=fresh.version)
+            self._publish_library()
+            return self.last_reload
+
+    def allowed_fhir_bases(self, client_fhir_servers: list[str] | None) -> list[str]:
+        if self.settings.auth_enabled:
+            return list(client_fhir_servers or [])
+        return self.settings.fhir_allowlist_prefixes
+
+    async def aclose(self) -> None:
+        await self.reader.aclose()
+        self.verifier.close()
+        self.storage.close()

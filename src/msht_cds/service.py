@@ -1,0 +1,194 @@
+"""One hook call, start to finish: request → record → assessment → cards.
+
+Used by the HTTP routes and by `msht-cds evaluate`, so both give the same answer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cards import ALREADY_REFERRED, CardTemplates, build_card
+from .cdshooks import Card, CdsResponse, HookRequest, parse_hook_request
+from .errors import FhirServerError, PrefetchError
+from .fhir import FhirReader
+from .library.assess import assess
+from .library.evaluate import Assessment
+from .library.loader import Library, load_library
+from .prefetch import PrefetchPlan, PrefetchState, read_prefetch
+from .record import PatientRecord, resources_from_value
+from .referral import plan_referral, select_overlay
+
+SERVICE_IDS: dict[str, str] = {
+    "patient-view": "msht-patient-view",
+    "encounter-start": "msht-encounter-start",
+    "encounter-discharge": "msht-encounter-discharge",
+    "order-select": "msht-order-select",
+    "order-sign": "msht-order-sign",
+}
+HOOK_BY_SERVICE = {service: hook for hook, service in SERVICE_IDS.items()}
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """Everything loaded from `pathways/` and `cards/`; replaced whole on reload."""
+
+    library: Library
+    templates: CardTemplates
+    plan: PrefetchPlan
+    loaded_at: dt.datetime
+
+    @property
+    def version(self) -> str:
+        return f"{self.library.version}+{self.library.revision}"
+
+
+def load_knowledge(library_dir: Path, cards_dir: Path) -> Knowledge:
+    """Load and check everything, or raise LibraryLoadError with every problem found."""
+    library = load_library(library_dir)
+    templates = CardTemplates.load(cards_dir)
+    return Knowledge(library, templates, PrefetchPlan.for_library(library), dt.datetime.now(dt.UTC))
+
+
+@dataclass
+class Decision:
+    """What was decided, for the response, the audit row and `explain`."""
+
+    request: HookRequest
+    response: CdsResponse
+    assessment: Assessment | None
+    record: PatientRecord | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    nation: str
+    locality: str | None
+    public_base_url: str
+
+
+@dataclass(frozen=True)
+class History:
+    """What earlier calls and feedback tell us about this patient (from the database)."""
+
+    earlier_referral_override: dt.datetime | None = None
+    referral_recorded_for_encounter: bool = False
+
+
+def prepare(knowledge: Knowledge, body: object, hook: str) -> tuple[HookRequest, PrefetchState]:
+    request = parse_hook_request(body, hook)
+    return request, read_prefetch(request, knowledge.plan.templates(hook))
+
+
+async def complete_prefetch(
+    knowledge: Knowledge,
+    request: HookRequest,
+    state: PrefetchState,
+    reader: FhirReader | None,
+    allowed_fhir_bases: list[str],
+) -> None:
+    """Fetch what prefetch lacked, or raise 412 (PrefetchError) saying what is missing."""
+    if state.failed:
+        raise PrefetchError(
+            "the EHR reported errors for prefetch " + ", ".join(sorted(state.failed))
+        )
+    if not state.missing and not state.next_pages:
+        return
+    if reader is None:
+        raise FhirServerError("prefetch is incomplete and fetching from the FHIR server is off")
+    await reader.fetch_missing(
+        request, knowledge.plan.templates(request.hook), state, allowed_fhir_bases
+    )
+
+
+def decide(
+    knowledge: Knowledge,
+    request: HookRequest,
+    state: PrefetchState,
+    settings: CallSettings,
+    today: dt.date,
+    history: History = History(),
+    explain: bool = False,
+) -> Decision:
+    """Pure function of the inputs: the same context gives the same guidance."""
+    drafts: list[dict[str, object]] = []
+    if request.draft_orders is not None:
+        drafts, _, _ = resources_from_value(request.draft_orders)
+    record = PatientRecord.build(
+        request.patient_id,
+        state.resources,
+        encounter_id=request.encounter_id,
+        draft_orders=drafts,
+        full_urls=state.full_urls,
+    )
+    if record.patient is None:
+        raise PrefetchError("no Patient resource with id context.patientId was provided")
+    assessment = assess(knowledge.library, record, today, explain=explain)
+    card = _card_for_hook(knowledge, request, record, assessment, settings, history)
+    return Decision(request, CdsResponse(cards=[card] if card else []), assessment, record)
+
+
+def _card_for_hook(
+    knowledge: Knowledge,
+    request: HookRequest,
+    record: PatientRecord,
+    assessment: Assessment,
+    settings: CallSettings,
+    history: History,
+) -> Card | None:
+    if assessment.concern is None:
+        return None
+    library = knowledge.library
+    overlay = select_overlay(library, settings.locality, record)
+    plan = plan_referral(library, settings.nation, overlay, assessment)
+    page = f"{settings.public_base_url}/pathways/{plan.pathway.id}"
+    if overlay is not None:
+        page += f"?locality={overlay.id}"
+    indicator = assessment.card_indicator or "info"
+    kind = "assessment"
+    earlier: str | None = None
+    if request.hook == "encounter-discharge":
+        if assessment.concern != "high" or history.referral_recorded_for_encounter:
+            return None
+        kind = "discharge"
+    elif request.hook in ("order-select", "order-sign"):
+        drafts = {f"{r['resourceType']}/{r.get('id')}" for r in record.draft_orders}
+        if not any(f.reference in drafts for r in assessment.counted for f in r.evidence):
+            return None
+        kind = "order"
+    elif history.earlier_referral_override is not None and indicator != "critical":
+        indicator = "info"
+        earlier = (
+            "A clinician recorded 'already referred' on "
+            f"{history.earlier_referral_override.date().isoformat()}."
+        )
+    return build_card(
+        kind=kind,
+        templates=knowledge.templates,
+        library=library,
+        assessment=assessment,
+        plan=plan,
+        indicator=indicator,
+        concern=assessment.concern,
+        patient_id=request.patient_id,
+        encounter_id=request.encounter_id,
+        page_url=page,
+        earlier_decision=earlier,
+    )
+
+
+__all__ = [
+    "ALREADY_REFERRED",
+    "HOOK_BY_SERVICE",
+    "SERVICE_IDS",
+    "CallSettings",
+    "Decision",
+    "History",
+    "Knowledge",
+    "complete_prefetch",
+    "decide",
+    "load_knowledge",
+    "prepare",
+]
