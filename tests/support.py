@@ -65,7 +65,7 @@ class FhirServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 server.requests.append((self.path, self.headers.get("Authorization")))
                 status, body = server.answer(self.path)
                 payload = json.dumps(body).encode()
@@ -89,15 +89,20 @@ class FhirServer:
             for resource in self.resources:
                 if [resource["resourceType"], resource.get("id")] == segments:
                     return 200, resource
-            return 404, {"resourceType": "OperationOutcome",
-                         "issue": [{"severity": "error", "code": "not-found"}]}
+            return 404, {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "not-found"}],
+            }
         patient = parse_qs(parts.query).get("patient", [""])[0]
         found = [
-            r for r in self.resources
-            if r["resourceType"] == segments[0] and _about(r, patient)
+            r for r in self.resources if r["resourceType"] == segments[0] and _about(r, patient)
         ]
-        return 200, {"resourceType": "Bundle", "type": "searchset", "total": len(found),
-                     "entry": [{"resource": r} for r in found]}
+        return 200, {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(found),
+            "entry": [{"resource": r} for r in found],
+        }
 
     def __enter__(self) -> FhirServer:
         self.thread.start()

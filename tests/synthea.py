@@ -20,7 +20,8 @@ _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(T.*)?$")
 
 def synthea_files() -> list[Path]:
     return sorted(
-        p for p in SYNTHEA.rglob("*.json*")
+        p
+        for p in SYNTHEA.rglob("*.json*")
         if "Information" not in p.name  # the shared Organization/Practitioner bundles
     )
 

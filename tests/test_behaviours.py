@@ -37,25 +37,45 @@ def test_discharge_warns_when_high_concern_has_no_referral(client: TestClient) -
 def test_discharge_is_quiet_after_the_referral_was_accepted(client: TestClient) -> None:
     card = call(client, "encounter-start", example_request())["cards"][0]
     referral = card["suggestions"][0]
-    send_feedback(client, "encounter-start", {"card": card["uuid"], "outcome": "accepted",
-                                               "acceptedSuggestions": [{"id": referral["uuid"]}]})
+    send_feedback(
+        client,
+        "encounter-start",
+        {
+            "card": card["uuid"],
+            "outcome": "accepted",
+            "acceptedSuggestions": [{"id": referral["uuid"]}],
+        },
+    )
     assert call(client, "encounter-discharge", example_request())["cards"] == []
 
 
 def test_accepting_only_the_coded_concern_is_not_a_referral(client: TestClient) -> None:
     card = call(client, "encounter-start", example_request())["cards"][0]
     coded = card["suggestions"][1]
-    send_feedback(client, "encounter-start", {"card": card["uuid"], "outcome": "accepted",
-                                               "acceptedSuggestions": [{"id": coded["uuid"]}]})
+    send_feedback(
+        client,
+        "encounter-start",
+        {
+            "card": card["uuid"],
+            "outcome": "accepted",
+            "acceptedSuggestions": [{"id": coded["uuid"]}],
+        },
+    )
     assert len(call(client, "encounter-discharge", example_request())["cards"]) == 1
 
 
 def test_already_referred_override_downgrades_later_cards(client: TestClient) -> None:
     first = call(client, "encounter-start", example_request())["cards"][0]
     assert first["indicator"] == "warning"
-    send_feedback(client, "encounter-start", {
-        "card": first["uuid"], "outcome": "overridden",
-        "overrideReason": {"reason": {"code": "already-referred", "system": OVERRIDE_SYSTEM}}})
+    send_feedback(
+        client,
+        "encounter-start",
+        {
+            "card": first["uuid"],
+            "outcome": "overridden",
+            "overrideReason": {"reason": {"code": "already-referred", "system": OVERRIDE_SYSTEM}},
+        },
+    )
     later = call(client, "patient-view", example_request())["cards"][0]
     assert later["indicator"] == "info"
     assert "already referred" in later["detail"]
@@ -64,24 +84,39 @@ def test_already_referred_override_downgrades_later_cards(client: TestClient) ->
 
 def test_other_override_reasons_do_not_downgrade(client: TestClient) -> None:
     first = call(client, "encounter-start", example_request())["cards"][0]
-    send_feedback(client, "encounter-start", {
-        "card": first["uuid"], "outcome": "overridden",
-        "overrideReason": {"reason": {"code": "unsafe-to-act-now", "system": OVERRIDE_SYSTEM}}})
+    send_feedback(
+        client,
+        "encounter-start",
+        {
+            "card": first["uuid"],
+            "outcome": "overridden",
+            "overrideReason": {"reason": {"code": "unsafe-to-act-now", "system": OVERRIDE_SYSTEM}},
+        },
+    )
     assert call(client, "patient-view", example_request())["cards"][0]["indicator"] == "warning"
 
 
 def order_request(birth_date: str) -> dict[str, Any]:
     body = example_request()
     body["context"].pop("encounterId")
-    body["prefetch"] = {"patient": {"resourceType": "Patient", "id": "example-child-1",
-                                    "birthDate": birth_date}}
+    body["prefetch"] = {
+        "patient": {"resourceType": "Patient", "id": "example-child-1", "birthDate": birth_date}
+    }
     for key in ("encounters", "relatedPersons", "conditions", "serviceRequests"):
         body["prefetch"][key] = {"resourceType": "Bundle", "type": "searchset", "total": 0}
-    order = {"resourceType": "ServiceRequest", "id": "draft-sti-test", "status": "draft",
-             "intent": "order", "subject": {"reference": "Patient/example-child-1"},
-             "code": {"coding": [{"system": "http://loinc.org", "code": "92684-0"}]}}
-    body["context"]["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
-                                      "entry": [{"resource": order}]}
+    order = {
+        "resourceType": "ServiceRequest",
+        "id": "draft-sti-test",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/example-child-1"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "92684-0"}]},
+    }
+    body["context"]["draftOrders"] = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": order}],
+    }
     body["context"]["selections"] = ["ServiceRequest/draft-sti-test"]
     return body
 
@@ -91,7 +126,7 @@ def test_sti_test_for_a_child_under_13_gets_an_order_card(client: TestClient) ->
         cards = call(client, hook, order_request("2015-01-01"))["cards"]
         assert len(cards) == 1, hook
         evidence = cards[0]["extension"]["msht-cds"]["indicators"][0]["evidence"]
-        assert {"reference": "ServiceRequest/draft-sti-test"} .items() <= evidence[0].items()
+        assert {"reference": "ServiceRequest/draft-sti-test"}.items() <= evidence[0].items()
 
 
 def test_sti_test_for_a_17_year_old_is_quiet(client: TestClient) -> None:

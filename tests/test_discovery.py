@@ -22,10 +22,24 @@ ALLOWED_TOKENS = {
     "order-select": {"context.userId", "context.patientId", "context.encounterId"},
     "order-sign": {"context.userId", "context.patientId", "context.encounterId"},
 }
-USER_TOKENS = {"userPractitionerId", "userPractitionerRoleId", "userPatientId",
-               "userRelatedPersonId"}
-ALLOWED_PARAMS = {"patient", "subject", "encounter", "_count", "_sort", "code", "date",
-                  "status", "category", "_id"}
+USER_TOKENS = {
+    "userPractitionerId",
+    "userPractitionerRoleId",
+    "userPatientId",
+    "userRelatedPersonId",
+}
+ALLOWED_PARAMS = {
+    "patient",
+    "subject",
+    "encounter",
+    "_count",
+    "_sort",
+    "code",
+    "date",
+    "status",
+    "category",
+    "_id",
+}
 
 
 def test_discovery_lists_one_service_per_hook(client: TestClient) -> None:
@@ -39,7 +53,8 @@ def test_discovery_lists_one_service_per_hook(client: TestClient) -> None:
     for service in services:
         assert re.fullmatch(r"[A-Za-z0-9._-]+", service["id"])
         for key in ("hook", "id", "title", "description", "usageRequirements"):
-            assert isinstance(service[key], str) and service[key]
+            assert isinstance(service[key], str)
+            assert service[key]
     walk_no_empty(response.json(), allow=())
 
 
@@ -67,8 +82,12 @@ def test_prefetch_follows_the_library(tmp_path: Path) -> None:
     """Adding an indicator that reads Flag adds a `flags` template, with no discovery edit."""
     library = tmp_path / "pathways"
     shutil.copytree(ROOT / "pathways", library)
-    base = Settings(auth="off", database_url=f"sqlite:///{tmp_path / 'a.db'}",
-                    library_dir=library, cards_dir=ROOT / "cards")
+    base = Settings(
+        auth="off",
+        database_url=f"sqlite:///{tmp_path / 'a.db'}",
+        library_dir=library,
+        cards_dir=ROOT / "cards",
+    )
     with TestClient(create_app(base)) as before:
         keys = before.get("/cds-services").json()["services"][0]["prefetch"]
     had_flags = "flags" in keys
@@ -78,7 +97,9 @@ def test_prefetch_follows_the_library(tmp_path: Path) -> None:
     (library / "indicators" / "z-flag-probe.test.yaml").write_text(
         (ROOT / "tests" / "fixtures" / "flag-probe.test.yaml").read_text()
     )
-    with TestClient(create_app(base.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'b.db'}"}))) as after:
+    with TestClient(
+        create_app(base.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'b.db'}"}))
+    ) as after:
         prefetch = after.get("/cds-services").json()["services"][0]["prefetch"]
     assert prefetch["flags"] == "Flag?patient={{context.patientId}}"
     assert had_flags or "flags" not in keys

@@ -24,12 +24,16 @@ def issue_card(client: TestClient) -> dict[str, Any]:
 def feedback_rows(settings: Settings) -> list[Any]:
     engine = sa.create_engine(settings.database_url)
     with engine.connect() as connection:
-        rows = list(connection.execute(sa.text("SELECT card_uuid, outcome, patient_key FROM feedback")))
+        rows = list(
+            connection.execute(sa.text("SELECT card_uuid, outcome, patient_key FROM feedback"))
+        )
     engine.dispose()
     return rows
 
 
-def test_spec_feedback_examples_are_accepted_and_stored(client: TestClient, settings: Settings) -> None:
+def test_spec_feedback_examples_are_accepted_and_stored(
+    client: TestClient, settings: Settings
+) -> None:
     card = issue_card(client)
     suggestion = card["suggestions"][0]["uuid"]
     for name in ("feedback-accepted", "feedback-overridden", "feedback-overridden-with-reason"):
@@ -49,8 +53,15 @@ def test_spec_feedback_examples_are_accepted_and_stored(client: TestClient, sett
 
 def test_repeated_feedback_is_idempotent(client: TestClient, settings: Settings) -> None:
     card = issue_card(client)
-    body = {"feedback": [{"card": card["uuid"], "outcome": "overridden",
-                          "outcomeTimestamp": "2026-11-29T10:00:00Z"}]}
+    body = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-29T10:00:00Z",
+            }
+        ]
+    }
     for _ in range(2):
         assert client.post(f"{SERVICE}/feedback", content=json.dumps(body)).status_code == 200
     assert len(feedback_rows(settings)) == 1
@@ -58,18 +69,37 @@ def test_repeated_feedback_is_idempotent(client: TestClient, settings: Settings)
 
 def test_sandbox_shapes_are_tolerated(client: TestClient) -> None:
     card = issue_card(client)
-    body = {"feedback": [{"card": card["uuid"], "outcome": "overridden",
-                          "overrideReason": {"reason": {"code": "already-referred",
-                                                        "system": "https://fhir.msht-cds.org/CodeSystem/override-reason"}},
-                          "outcomeTimestamp": "2026-11-29T10:00:00.52Z"}]}
+    body = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "overrideReason": {
+                    "reason": {
+                        "code": "already-referred",
+                        "system": "https://fhir.msht-cds.org/CodeSystem/override-reason",
+                    }
+                },
+                "outcomeTimestamp": "2026-11-29T10:00:00.52Z",
+            }
+        ]
+    }
     assert client.post(f"{SERVICE}/feedback", content=json.dumps(body)).status_code == 200
 
 
 def test_unknown_card_is_accepted_without_leaking(client: TestClient, settings: Settings) -> None:
-    body = {"feedback": [{"card": "00000000-0000-4000-8000-000000000000", "outcome": "overridden",
-                          "outcomeTimestamp": "2026-11-29T10:00:00Z"}]}
+    body = {
+        "feedback": [
+            {
+                "card": "00000000-0000-4000-8000-000000000000",
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-29T10:00:00Z",
+            }
+        ]
+    }
     response = client.post(f"{SERVICE}/feedback", content=json.dumps(body))
-    assert response.status_code == 200 and response.json() == {}
+    assert response.status_code == 200
+    assert response.json() == {}
     assert feedback_rows(settings)[0].patient_key is None
 
 
@@ -77,8 +107,16 @@ def test_invalid_feedback_is_400(client: TestClient) -> None:
     bad_bodies: list[Any] = [
         b"not json",
         {"feedback": {"card": "x"}},
-        {"feedback": [{"card": "x", "outcome": "ignored", "outcomeTimestamp": "2026-11-29T10:00:00Z"}]},
-        {"feedback": [{"card": "x", "outcome": "accepted", "outcomeTimestamp": "2026-11-29T10:00:00Z"}]},
+        {
+            "feedback": [
+                {"card": "x", "outcome": "ignored", "outcomeTimestamp": "2026-11-29T10:00:00Z"}
+            ]
+        },
+        {
+            "feedback": [
+                {"card": "x", "outcome": "accepted", "outcomeTimestamp": "2026-11-29T10:00:00Z"}
+            ]
+        },
         {"feedback": [{"card": "x", "outcome": "overridden", "outcomeTimestamp": "yesterday"}]},
         {"feedback": [{"card": "x", "outcome": "overridden"}]},
     ]

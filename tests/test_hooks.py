@@ -8,11 +8,10 @@ import uuid
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from msht_cds.config import Settings
 from msht_cds.app import create_app
+from msht_cds.config import Settings
 
 from .support import SHARED, FhirServer, example_request, load_json, walk_no_empty
 
@@ -28,7 +27,8 @@ def assert_outcome(response: Any, status: int) -> None:
     assert response.status_code == status, response.text
     body = response.json()
     assert body["resourceType"] == "OperationOutcome"
-    assert body["issue"][0]["severity"] == "error" and body["issue"][0]["code"]
+    assert body["issue"][0]["severity"] == "error"
+    assert body["issue"][0]["code"]
 
 
 # --------------------------------------------------------------------------- §C requests
@@ -101,9 +101,25 @@ def test_unknown_service_is_404_and_get_is_405(client: TestClient) -> None:
 
 def test_fhir_authorization_without_fhir_server_is_400(client: TestClient) -> None:
     body = example_request()
-    body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300,
-                                 "scope": "patient/*.read", "subject": "x"}
+    body["fhirAuthorization"] = {
+        "access_token": "t",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "x",
+    }
     assert_outcome(post(client, body), 400)
+
+
+def test_spec_extension_example_is_ignored(client: TestClient) -> None:
+    """The spec's extension request is a fragment without patientId: 400 as sent; its
+    `extension` object merged into a complete request changes nothing."""
+    spec = load_json(SHARED / "cds-hooks/spec-2.0.1/request-with-extension.json")
+    assert_outcome(post(client, spec, "/cds-services/msht-patient-view"), 400)
+    plain = post(client, example_request()).json()
+    body = example_request()
+    body["extension"] = spec["extension"]
+    assert strip_uuids(post(client, body).json()) == strip_uuids(plain)
 
 
 def test_unknown_fields_and_extensions_are_ignored(client: TestClient) -> None:
@@ -164,8 +180,9 @@ def test_operation_outcome_in_prefetch_is_412_without_refetch(settings: Settings
         assert fhir.requests == []
 
 
-@pytest.mark.parametrize("value", [None, {"resourceType": "Bundle", "type": "searchset",
-                                         "total": 0}])
+@pytest.mark.parametrize(
+    "value", [None, {"resourceType": "Bundle", "type": "searchset", "total": 0}]
+)
 def test_null_and_empty_bundle_mean_no_data_and_no_fetch(settings: Settings, value: Any) -> None:
     body = example_request()
     with FhirServer([]) as fhir:
@@ -182,17 +199,20 @@ def test_absent_key_is_fetched_with_the_bearer_token(settings: Settings) -> None
     token = "opaque-" + uuid.uuid4().hex
     with FhirServer([e["resource"] for e in conditions["entry"]]) as fhir:
         body["fhirServer"] = fhir.base
-        body["fhirAuthorization"] = {"access_token": token, "token_type": "Bearer",
-                                     "expires_in": 300, "scope": "patient/*.read",
-                                     "subject": "ehr", "patient": "example-child-1"}
+        body["fhirAuthorization"] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "ehr",
+            "patient": "example-child-1",
+        }
         with TestClient(create_app(settings.model_copy(update={"fhir_allowlist": fhir.base}))) as c:
             response = post(c, body)
         assert response.status_code == 200
         ids = {i["id"] for i in response.json()["cards"][0]["extension"]["msht-cds"]["indicators"]}
         assert "STI_IN_MINOR" in ids
-        assert fhir.requests == [
-            ("/fhir/Condition?patient=example-child-1", f"Bearer {token}")
-        ]
+        assert fhir.requests == [("/fhir/Condition?patient=example-child-1", f"Bearer {token}")]
 
 
 def test_next_page_is_followed(settings: Settings) -> None:
@@ -225,20 +245,41 @@ def test_fhir_server_not_allowlisted_is_412_without_any_call(client: TestClient)
 
 
 def _official_requests() -> list[tuple[str, dict[str, Any]]]:
-    found = [("spec request-patient-view", load_json(SHARED / "cds-hooks/spec-2.0.1/request-patient-view.json")),
-             ("spec request-with-extension", load_json(SHARED / "cds-hooks/spec-2.0.1/request-with-extension.json"))]
+    found = [
+        (
+            "spec request-patient-view",
+            load_json(SHARED / "cds-hooks/spec-2.0.1/request-patient-view.json"),
+        )
+    ]
     for hook in ("encounter_start", "encounter_discharge", "order_select", "order_sign"):
-        found.append((f"inferno {hook}", load_json(SHARED / f"cds-hooks/inferno-crd-fixtures/{hook}_hook_request.json")))
-    for name in ("patient-view.context-1", "patient-view.context-2", "encounter-start.context",
-                 "encounter-discharge.context", "order-select.context.r4", "order-sign.context.r4"):
+        found.append(
+            (
+                f"inferno {hook}",
+                load_json(SHARED / f"cds-hooks/inferno-crd-fixtures/{hook}_hook_request.json"),
+            )
+        )
+    for name in (
+        "patient-view.context-1",
+        "patient-view.context-2",
+        "encounter-start.context",
+        "encounter-discharge.context",
+        "order-select.context.r4",
+        "order-sign.context.r4",
+    ):
         context = load_json(SHARED / f"cds-hooks/hook-contexts/{name}.json")["context"]
         hook = name.split(".")[0]
-        found.append((f"library {name}", {"hook": hook, "hookInstance": str(uuid.uuid4()),
-                                          "context": context}))
+        found.append(
+            (
+                f"library {name}",
+                {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context},
+            )
+        )
     return found
 
 
-@pytest.mark.parametrize(("name", "body"), _official_requests(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("name", "body"), _official_requests(), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_official_examples_return_200_with_a_valid_response(
     settings: Settings, name: str, body: dict[str, Any]
 ) -> None:
@@ -248,10 +289,18 @@ def test_official_examples_return_200_with_a_valid_response(
     patient_id = body["context"]["patientId"]
     resources = [{"resourceType": "Patient", "id": patient_id, "birthDate": "2014-02-03"}]
     if body["context"].get("encounterId"):
-        resources.append({"resourceType": "Encounter", "id": body["context"]["encounterId"],
-                          "status": "in-progress", "subject": {"reference": f"Patient/{patient_id}"},
-                          "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                                    "code": "AMB"}})
+        resources.append(
+            {
+                "resourceType": "Encounter",
+                "id": body["context"]["encounterId"],
+                "status": "in-progress",
+                "subject": {"reference": f"Patient/{patient_id}"},
+                "class": {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                    "code": "AMB",
+                },
+            }
+        )
     service = "/cds-services/msht-" + body["hook"]
     with TestClient(create_app(settings)) as plain:
         unreachable = post(plain, body, service)
@@ -274,22 +323,29 @@ def test_card_obeys_the_card_rules(client: TestClient) -> None:
     data = post(client, example_request()).json()
     walk_no_empty(data)
     for card in data["cards"]:
-        assert len(card["summary"]) < 140 and "\n" not in card["summary"]
+        assert len(card["summary"]) < 140
+        assert "\n" not in card["summary"]
         assert card["indicator"] in ("info", "warning", "critical")
         assert card["source"]["label"]
         assert uuid.UUID(card["uuid"]).version == 4
         assert card["selectionBehavior"] in ("at-most-one", "any")
         assert sum(1 for s in card["suggestions"] if s.get("isRecommended")) <= 1
         for suggestion in card["suggestions"]:
-            assert suggestion["label"] and suggestion["uuid"] and suggestion["actions"]
+            assert suggestion["label"]
+            assert suggestion["uuid"]
+            assert suggestion["actions"]
             for action in suggestion["actions"]:
-                assert action["type"] == "create" and action["description"]
+                assert action["type"] == "create"
+                assert action["description"]
                 labels = {(s["system"], s["code"]) for s in action["resource"]["meta"]["security"]}
                 assert ("http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "V") in labels
         for reason in card["overrideReasons"]:
-            assert reason["code"] and reason["system"] and reason["display"]
+            assert reason["code"]
+            assert reason["system"]
+            assert reason["display"]
         for link in card["links"]:
-            assert link["type"] == "absolute" and "appContext" not in link
+            assert link["type"] == "absolute"
+            assert "appContext" not in link
             assert link["url"].startswith(("http://", "https://"))
             assert "example-child-1" not in link["url"]
 

@@ -21,7 +21,8 @@ def patient_view(client: TestClient, patient_id: str, resources: list[dict[str, 
     templates = client.get("/cds-services").json()["services"][0]["prefetch"]
     prefetch: dict[str, Any] = {
         key: {"resourceType": "Bundle", "type": "searchset", "entry": []}
-        for key in templates if key != "patient"
+        for key in templates
+        if key != "patient"
     }
     for resource in resources:
         kind = resource["resourceType"]
@@ -31,9 +32,12 @@ def patient_view(client: TestClient, patient_id: str, resources: list[dict[str, 
         key = kind[0].lower() + kind[1:] + "s"
         if key in prefetch:
             prefetch[key]["entry"].append({"resource": resource})
-    body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()),
-            "context": {"userId": "Practitioner/example", "patientId": patient_id},
-            "prefetch": prefetch}
+    body = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/example", "patientId": patient_id},
+        "prefetch": prefetch,
+    }
     return client.post("/cds-services/msht-patient-view", content=json.dumps(body))
 
 

@@ -3,10 +3,14 @@ that fails lint stops start-up, while a failed reload keeps the last good one se
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -33,10 +37,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.auth_enabled:
-            log.warning("AUTHENTICATION_DISABLED", detail="MSHT_CDS_AUTH=off: every caller is "
-                        "trusted. For local development on loopback only.")
+            log.warning(
+                "AUTHENTICATION_DISABLED",
+                detail="MSHT_CDS_AUTH=off: every caller is "
+                "trusted. For local development on loopback only.",
+            )
         log.info("started", library_version=knowledge.version, auth=settings.auth)
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: loop.create_task(anyio.to_thread.run_sync(runtime.reload))
+            )
+        watcher = (
+            asyncio.create_task(_watch_library(runtime, settings.reload_interval_seconds))
+            if settings.reload_interval_seconds > 0
+            else None
+        )
         yield
+        if watcher is not None:
+            watcher.cancel()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
         await runtime.aclose()
 
     app = FastAPI(
@@ -73,6 +94,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(router)
     return app
+
+
+async def _watch_library(runtime: Runtime, interval: float) -> None:
+    """Every worker polls the library files, so an edit reaches all workers and replicas that
+    share the folder; a broken edit is rejected and the last good library keeps serving."""
+    while True:
+        await asyncio.sleep(interval)
+        await anyio.to_thread.run_sync(runtime.reload_if_changed)
 
 
 def app_from_environment() -> FastAPI:

@@ -1,8 +1,9 @@
 """CDS Hooks 2.0.1 protocol: request validation, response and discovery models.
 
 Spec anchors refer to https://cds-hooks.hl7.org/2.0/. Requests are validated by hand from the
-decoded JSON (cheaper than a pydantic body for multi-megabyte prefetch); responses are pydantic
-models serialised with `exclude_none`, so optional attributes are omitted, never null (§Use of JSON).
+decoded JSON (cheaper than a pydantic body for multi-megabyte prefetch); responses are
+pydantic models serialised with `exclude_none`, so optional attributes are omitted, never null
+(§Use of JSON).
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def parse_hook_request(body: object, expected_hook: str) -> HookRequest:
         raise BadRequestError(f"`context.userId` must be Type/id with Type one of {allowed}")
     patient_id = _require(context, "patientId", str, "context.")
     if not PLAIN_ID.match(patient_id):
-        raise BadRequestError("`context.patientId` must be a plain id such as `123`, not `Patient/123`")
+        raise BadRequestError(
+            "`context.patientId` must be a plain id such as `123`, not `Patient/123`"
+        )
     encounter_id = context.get("encounterId")
     if hook in _ENCOUNTER_REQUIRED or encounter_id is not None:
         encounter_id = _require(context, "encounterId", str, "context.")
@@ -182,7 +185,7 @@ class Link(Model):
     label: str
     url: str
     type: Literal["absolute", "smart"]
-    appContext: str | None = None  # noqa: N815 - spec name
+    appContext: str | None = None
 
 
 class Action(Model):
@@ -191,7 +194,7 @@ class Action(Model):
     type: Literal["create", "update", "delete"]
     description: str
     resource: dict[str, Any] | None = None
-    resourceId: str | None = None  # noqa: N815
+    resourceId: str | None = None
 
 
 class Suggestion(Model):
@@ -199,7 +202,7 @@ class Suggestion(Model):
 
     label: str
     uuid: str
-    isRecommended: bool | None = None  # noqa: N815
+    isRecommended: bool | None = None
     actions: list[Action] = Field(min_length=1)
 
 
@@ -212,8 +215,8 @@ class Card(Model):
     indicator: Literal["info", "warning", "critical"]
     source: Source
     suggestions: list[Suggestion] | None = None
-    selectionBehavior: Literal["at-most-one", "any"] | None = None  # noqa: N815
-    overrideReasons: list[Coding] | None = None  # noqa: N815
+    selectionBehavior: Literal["at-most-one", "any"] | None = None
+    overrideReasons: list[Coding] | None = None
     links: list[Link] | None = None
     extension: dict[str, Any] | None = None
 
@@ -232,7 +235,7 @@ class ServiceDescription(Model):
     title: str
     description: str
     prefetch: dict[str, str] | None = None
-    usageRequirements: str | None = None  # noqa: N815
+    usageRequirements: str | None = None
 
 
 class Discovery(Model):
@@ -253,15 +256,13 @@ class FeedbackItem:
     outcome_timestamp: str
 
 
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
-)
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
 def parse_feedback(body: object) -> list[FeedbackItem]:
     """§Feedback: tolerant of shapes seen in the wild (no display, no reason)."""
     if not isinstance(body, dict) or not isinstance(body.get("feedback"), list):
-        raise BadRequestError("the body must be {\"feedback\": [...]}")
+        raise BadRequestError('the body must be {"feedback": [...]}')
     items = []
     for i, entry in enumerate(body["feedback"]):
         where = f"feedback[{i}]."
@@ -277,8 +278,10 @@ def parse_feedback(body: object) -> list[FeedbackItem]:
         accepted: list[str] = []
         if outcome == "accepted":
             raw = _require(entry, "acceptedSuggestions", list, where)
-            if not raw or not all(isinstance(s, dict) and isinstance(s.get("id"), str) for s in raw):
-                raise BadRequestError(f"`{where}acceptedSuggestions` must list {{\"id\": …}}")
+            if not raw or not all(
+                isinstance(s, dict) and isinstance(s.get("id"), str) for s in raw
+            ):
+                raise BadRequestError(f'`{where}acceptedSuggestions` must list {{"id": …}}')
             accepted = [s["id"] for s in raw]
         reason = entry.get("overrideReason")
         code = system = None
@@ -290,6 +293,6 @@ def parse_feedback(body: object) -> list[FeedbackItem]:
                 system = coding.get("system") if isinstance(coding.get("system"), str) else None
             comment = isinstance(reason.get("userComment"), str)
         items.append(
-            FeedbackItem(card, outcome, tuple(accepted), code, system, comment, timestamp)  # type: ignore[arg-type]
+            FeedbackItem(card, outcome, tuple(accepted), code, system, comment, timestamp)
         )
     return items

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     fhir_allow_private_networks: bool = False
     jwt_leeway_seconds: int = 60
     override_memory_days: int = 30
+    reload_interval_seconds: float = 10.0
+    preview: Literal["on", "off"] = "on"
     cors_origins: str = ""
     log_format: Literal["json", "console"] = "json"
     docs_url: str | None = "/docs"

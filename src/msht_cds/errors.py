@@ -1,14 +1,14 @@
 """Exception tree. Every error carries a message a safeguarding lead or an EHR team can act on.
 
-    MshtCdsError
-    ├── LibraryError            the YAML library or a template cannot be used
-    │   └── LibraryLoadError    carries every LintIssue found (file, line, column, code)
-    └── RequestError            a hook call cannot be answered as sent
-        ├── BadRequestError     400: malformed JSON, missing or wrong fields
-        ├── PayloadTooLargeError 413
-        ├── AuthError           401: one generic body, the reason only in metrics
-        └── PrefetchError       412: the data needed could not be obtained
-            └── FhirServerError the EHR's FHIR server failed, was refused or too slow
+MshtCdsError
+├── LibraryError            the YAML library or a template cannot be used
+│   └── LibraryLoadError    carries every LintIssue found (file, line, column, code)
+└── RequestError            a hook call cannot be answered as sent
+    ├── BadRequestError     400: malformed JSON, missing or wrong fields
+    ├── PayloadTooLargeError 413
+    ├── AuthError           401: one generic body, the reason only in metrics
+    └── PrefetchError       412: the data needed could not be obtained
+        └── FhirServerError the EHR's FHIR server failed, was refused or too slow
 """
 
 from __future__ import annotations

@@ -93,8 +93,10 @@ def read_prefetch(request: HookRequest, templates: dict[str, str]) -> PrefetchSt
         if outcomes:
             state.failed.append(key)
         for link in value.get("link") or ():
-            if isinstance(link, dict) and link.get("relation") == "next" and isinstance(
-                link.get("url"), str
+            if (
+                isinstance(link, dict)
+                and link.get("relation") == "next"
+                and isinstance(link.get("url"), str)
             ):
                 state.next_pages[key] = link["url"]
     return state

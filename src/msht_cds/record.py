@@ -20,7 +20,11 @@ _DATE_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
     "Observation": (("effectiveDateTime",), ("effectivePeriod", "start"), ("issued",)),
     "Procedure": (("performedDateTime",), ("performedPeriod", "start")),
     "MedicationRequest": (("authoredOn",),),
-    "MedicationStatement": (("effectiveDateTime",), ("effectivePeriod", "start"), ("dateAsserted",)),
+    "MedicationStatement": (
+        ("effectiveDateTime",),
+        ("effectivePeriod", "start"),
+        ("dateAsserted",),
+    ),
     "MedicationDispense": (("whenHandedOver",), ("whenPrepared",)),
     "ServiceRequest": (("authoredOn",), ("occurrenceDateTime",)),
     "Appointment": (("start",), ("created",)),
@@ -165,7 +169,10 @@ class PatientRecord:
             if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
                 target = self.resolve(ref)
                 if target is not None:
-                    return target.get("resourceType") == "Patient" and target.get("id") != self.patient_id
+                    return (
+                        target.get("resourceType") == "Patient"
+                        and target.get("id") != self.patient_id
+                    )
                 text: str = ref["reference"]
                 if text.startswith("Patient/") or "/Patient/" in text:
                     return text.rsplit("/", 1)[-1] != self.patient_id

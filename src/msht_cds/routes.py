@@ -95,8 +95,12 @@ def outcome(status: int, code: str, message: str) -> JSONResponse:
 
 def error_response(error: RequestError) -> JSONResponse:
     if isinstance(error, AuthError):
-        return JSONResponse(UNAUTHORIZED_BODY, status_code=401, media_type=JSON_MEDIA,
-                            headers={"WWW-Authenticate": "Bearer"})
+        return JSONResponse(
+            UNAUTHORIZED_BODY,
+            status_code=401,
+            media_type=JSON_MEDIA,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return outcome(error.status_code, error.issue_code, error.message)
 
 
@@ -153,8 +157,12 @@ async def discovery(request: Request) -> Any:
     plan = runtime.knowledge.plan
     services = [
         ServiceDescription(
-            hook=hook, id=service_id, title=_TITLES[hook], description=_DESCRIPTIONS[hook],
-            prefetch=plan.templates(hook), usageRequirements=USAGE,
+            hook=hook,
+            id=service_id,
+            title=_TITLES[hook],
+            description=_DESCRIPTIONS[hook],
+            prefetch=plan.templates(hook),
+            usageRequirements=USAGE,
         )
         for hook, service_id in SERVICE_IDS.items()
     ]
@@ -192,8 +200,9 @@ async def call_service(service_id: str, request: Request) -> Response:
         if len(state.resources) > runtime.settings.max_resources:
             raise PayloadTooLargeError("the record has more resources than this service accepts")
         history = await anyio.to_thread.run_sync(_history, runtime, hook_request)
-        settings = CallSettings(runtime.settings.nation, runtime.settings.locality,
-                                runtime.settings.public_base_url)
+        settings = CallSettings(
+            runtime.settings.nation, runtime.settings.locality, runtime.settings.public_base_url
+        )
         today = dt.datetime.now(dt.UTC).date()
         decision = await anyio.to_thread.run_sync(
             lambda: decide(knowledge, hook_request, state, settings, today, history)
@@ -218,9 +227,16 @@ async def call_service(service_id: str, request: Request) -> Response:
     )
     runtime.metrics.requests.labels(service_id, str(status)).inc()
     runtime.metrics.latency.labels(service_id).observe(latency)
-    log.info("hook_call", request_id=request_id, hook=hook, service=service_id, status=status,
-             library_version=knowledge.version, latency_ms=round(latency * 1000, 2),
-             cards=len(decision.response.cards) if decision else 0)
+    log.info(
+        "hook_call",
+        request_id=request_id,
+        hook=hook,
+        service=service_id,
+        status=status,
+        library_version=knowledge.version,
+        latency_ms=round(latency * 1000, 2),
+        cards=len(decision.response.cards) if decision else 0,
+    )
     return response
 
 
@@ -231,7 +247,9 @@ def _history(runtime: Runtime, request: Any) -> History:
     earlier = storage.latest_override(patient_key, {ALREADY_REFERRED}, since)
     referral = False
     if request.hook == "encounter-discharge":
-        encounter_key = storage.encounter_key(request.encounter_id) if request.encounter_id else None
+        encounter_key = (
+            storage.encounter_key(request.encounter_id) if request.encounter_id else None
+        )
         referral = storage.has_referral(patient_key, encounter_key)
     return History(earlier.at if earlier else None, referral)
 
@@ -260,24 +278,40 @@ def _audit(
         if decision.assessment is not None and cards:
             indicator_ids = [r.indicator.id for r in decision.assessment.counted]
             concern = decision.assessment.concern
-    storage.record_call(CallRecord(
-        at=now, client=client.issuer if client else None, hook=hook, service_id=service_id,
-        hook_instance=decision.request.hook_instance if decision else "",
-        library_version=version, patient_key=patient_key, encounter_key=encounter_key,
-        card_uuids=[c.uuid for c in cards], indicator_ids=indicator_ids, concern=concern,
-        status_code=status, latency_ms=latency * 1000,
-    ))
+    storage.record_call(
+        CallRecord(
+            at=now,
+            client=client.issuer if client else None,
+            hook=hook,
+            service_id=service_id,
+            hook_instance=decision.request.hook_instance if decision else "",
+            library_version=version,
+            patient_key=patient_key,
+            encounter_key=encounter_key,
+            card_uuids=[c.uuid for c in cards],
+            indicator_ids=indicator_ids,
+            concern=concern,
+            status_code=status,
+            latency_ms=latency * 1000,
+        )
+    )
     if cards and decision is not None and patient_key is not None:
-        storage.record_cards([
-            IssuedCard(
-                uuid=card.uuid, service_id=service_id,
-                hook_instance=decision.request.hook_instance, patient_key=patient_key,
-                indicator_ids=indicator_ids, concern=concern or "",
-                suggestion_uuids=[s.uuid for s in card.suggestions or []], issued_at=now,
-                encounter_key=encounter_key,
-            )
-            for card in cards
-        ])
+        storage.record_cards(
+            [
+                IssuedCard(
+                    uuid=card.uuid,
+                    service_id=service_id,
+                    hook_instance=decision.request.hook_instance,
+                    patient_key=patient_key,
+                    indicator_ids=indicator_ids,
+                    concern=concern or "",
+                    suggestion_uuids=[s.uuid for s in card.suggestions or []],
+                    issued_at=now,
+                    encounter_key=encounter_key,
+                )
+                for card in cards
+            ]
+        )
         for card in cards:
             runtime.metrics.cards.labels(service_id, card.indicator, concern or "").inc()
         for ident in indicator_ids:
@@ -306,10 +340,14 @@ async def feedback(service_id: str, request: Request) -> Response:
         return error_response(exc)
     entries = [
         FeedbackEntry(
-            card_uuid=item.card, outcome=item.outcome,
+            card_uuid=item.card,
+            outcome=item.outcome,
             accepted_suggestions=list(item.accepted_suggestions),
-            override_code=item.override_code, override_system=item.override_system,
-            outcome_timestamp=dt.datetime.fromisoformat(item.outcome_timestamp.replace("Z", "+00:00")),
+            override_code=item.override_code,
+            override_system=item.override_system,
+            outcome_timestamp=dt.datetime.fromisoformat(
+                item.outcome_timestamp.replace("Z", "+00:00")
+            ),
             user_comment_present=item.user_comment_present,
         )
         for item in items
@@ -320,8 +358,13 @@ async def feedback(service_id: str, request: Request) -> Response:
     )
     for item in items:
         runtime.metrics.feedback.labels(item.outcome).inc()
-    log.info("feedback", service=service_id, stored=result.stored,
-             duplicates=result.duplicates, unknown_cards=result.unknown_cards)
+    log.info(
+        "feedback",
+        service=service_id,
+        stored=result.stored,
+        duplicates=result.duplicates,
+        unknown_cards=result.unknown_cards,
+    )
     return JSONResponse({}, media_type=JSON_MEDIA)
 
 

@@ -27,6 +27,17 @@ class ReloadStatus:
     issues: list[LintIssue] = field(default_factory=list)
 
 
+def library_fingerprint(*folders: Path) -> tuple[tuple[str, int, int], ...]:
+    """Cheap change detector for the library folders: path, size and mtime of every file."""
+    found = []
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                found.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(found)
+
+
 class Runtime:
     def __init__(self, settings: Settings, knowledge: Knowledge) -> None:
         self.settings = settings
@@ -54,6 +65,7 @@ class Runtime:
         )
         self.last_reload = ReloadStatus(at=knowledge.loaded_at)
         self._reload_lock = threading.Lock()
+        self.fingerprint = self.current_fingerprint()
         self._publish_library()
 
     def _publish_library(self) -> None:
@@ -61,18 +73,34 @@ class Runtime:
         self.metrics.library_info.labels(self.knowledge.library.id, self.knowledge.version).set(1)
         self.metrics.library_last_reload_ok.set(1 if self.last_reload.ok else 0)
 
+    def current_fingerprint(self) -> tuple[tuple[str, int, int], ...]:
+        return library_fingerprint(Path(self.settings.library_dir), Path(self.settings.cards_dir))
+
+    def reload_if_changed(self) -> ReloadStatus | None:
+        """Reload when a library file changed since the last attempt (every worker polls)."""
+        fingerprint = self.current_fingerprint()
+        if fingerprint == self.fingerprint:
+            return None
+        return self.reload()
+
     def reload(self) -> ReloadStatus:
         """Load and lint the library anew; swap only if it is clean, else keep serving."""
         with self._reload_lock:
+            self.fingerprint = self.current_fingerprint()
             now = dt.datetime.now(dt.UTC)
             try:
-                fresh = load_knowledge(Path(self.settings.library_dir), Path(self.settings.cards_dir))
+                fresh = load_knowledge(
+                    Path(self.settings.library_dir), Path(self.settings.cards_dir)
+                )
             except LibraryLoadError as exc:
                 self.last_reload = ReloadStatus(ok=False, at=now, issues=exc.issues)
                 self.metrics.library_reload_failures.inc()
                 self.metrics.lint_errors.set(len(exc.issues))
-                log.error("library_reload_rejected", errors=len(exc.issues),
-                          serving=self.knowledge.version)
+                log.error(
+                    "library_reload_rejected",
+                    errors=len(exc.issues),
+                    serving=self.knowledge.version,
+                )
             else:
                 self.knowledge = fresh
                 self.last_reload = ReloadStatus(ok=True, at=now)

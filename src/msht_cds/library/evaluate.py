@@ -14,6 +14,7 @@ from typing import Any
 from ..record import PatientRecord, Resource, age_in_years, codings, reference_key, walk
 from .fhirpath import CompiledPath, compile_strict, truthy
 from .model import (
+    FORMS,
     STRENGTH_RANK,
     Combination,
     Concern,
@@ -21,7 +22,6 @@ from .model import (
     ContextRule,
     Count,
     Evidence,
-    FORMS,
     FieldTest,
     Form,
     Indicator,
@@ -208,9 +208,7 @@ class CompiledSelector:
     def _select(self, ev: Evaluation) -> Iterator[Fact]:
         spec, record = self.spec, ev.record
         birth = record.birth_date
-        earliest = (
-            ev.visit_date - dt.timedelta(days=spec.within_days) if spec.within_days else None
-        )
+        earliest = ev.visit_date - dt.timedelta(days=spec.within_days) if spec.within_days else None
         per_fact_key = spec.resource == "Patient" or spec.current_encounter or spec.escort
         for resource in self._candidates(ev):
             if self.codes is not None and not any(
@@ -284,7 +282,9 @@ class Compiler:
         if found is None:
             codes = self.valuesets[spec.codes] if spec.codes else None
             fhirpath = compile_strict(spec.fhirpath) if spec.fhirpath else None
-            found = CompiledSelector(key, spec, codes, [_field_test(t) for t in spec.where], fhirpath)
+            found = CompiledSelector(
+                key, spec, codes, [_field_test(t) for t in spec.where], fhirpath
+            )
             self.selectors[key] = found
         return found
 
@@ -332,7 +332,7 @@ class Compiler:
         def check(ev: Evaluation) -> tuple[bool, list[Fact]]:
             facts = selector.facts(ev)
             if distinct is not None:
-                values = set()
+                values: set[str] = set()
                 for fact in facts:
                     resource = ev.record.by_reference.get(fact.reference)
                     if resource is not None:
@@ -396,9 +396,11 @@ class CompiledIndicator:
         for rule, predicate in self.context:
             if predicate(ev)[0]:
                 result.context_rule = rule
-                if rule.effect == "downgrade" and rule.to is not None:
-                    if STRENGTH_RANK[rule.to] < STRENGTH_RANK[result.strength]:
-                        result.strength = rule.to
+                lower = (
+                    rule.to is not None and STRENGTH_RANK[rule.to] < STRENGTH_RANK[result.strength]
+                )
+                if rule.effect == "downgrade" and rule.to is not None and lower:
+                    result.strength = rule.to
                 break
         return result
 
@@ -440,7 +442,9 @@ def combine(
     combination: Combination, results: list[IndicatorResult]
 ) -> tuple[Concern | None, str | None]:
     counted = [r for r in results if r.fired and not r.suppressed and r.deduplicated_by is None]
-    info = [r for r in results if r.fired and r.context_rule is not None and r.context_rule.keep_info]
+    info = [
+        r for r in results if r.fired and r.context_rule is not None and r.context_rule.keep_info
+    ]
     for level in combination.levels:
         any_ok = level.any is None or any(_count_holds(c, counted, info) for c in level.any)
         all_ok = level.all is None or all(_count_holds(c, counted, info) for c in level.all)

@@ -16,7 +16,7 @@ from fhirpathpy.models import models
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-CompiledPath = Callable[[Any], list[Any]]
+CompiledPath = Callable[..., list[Any]]
 
 
 class FhirPathSyntaxError(ValueError):
@@ -24,7 +24,7 @@ class FhirPathSyntaxError(ValueError):
 
 
 class _RaisingListener(ErrorListener):  # type: ignore[misc]
-    def syntaxError(  # noqa: N802 - ANTLR's name
+    def syntaxError(
         self, recognizer: Any, offending: Any, line: int, column: int, msg: str, e: Any
     ) -> None:
         raise FhirPathSyntaxError(f"column {column + 1}: {msg}")

@@ -148,7 +148,10 @@ class _Loader:
             if not doc.text.startswith(MODELINE_PREFIX):
                 self.warnings.append(
                     LintIssue(
-                        display, 1, 1, "missing-modeline",
+                        display,
+                        1,
+                        1,
+                        "missing-modeline",
                         f"line 1 should be `{MODELINE_PREFIX}<schema>` so editors can "
                         "complete and check this file; run `msht-cds schema` for the paths.",
                         "warning",
@@ -166,7 +169,9 @@ class _Loader:
                 found.append(Located(doc, parsed))
         return found
 
-    def by_id(self, items: list[Located], key: Callable[[Any], str], what: str) -> dict[str, Located]:
+    def by_id(
+        self, items: list[Located], key: Callable[[Any], str], what: str
+    ) -> dict[str, Located]:
         table: dict[str, Located] = {}
         for item in items:
             ident = key(item.model)
@@ -188,10 +193,17 @@ class _Loader:
         manifests = self.models("library.yaml", LibraryManifest)
         if not (self.root / "library.yaml").exists():
             self.issues.append(
-                LintIssue(_relative(self.root / "library.yaml", self.root), 1, 1, "missing-file",
-                          "the library needs library.yaml (id, version, combination rules)")
+                LintIssue(
+                    _relative(self.root / "library.yaml", self.root),
+                    1,
+                    1,
+                    "missing-file",
+                    "the library needs library.yaml (id, version, combination rules)",
+                )
             )
-        valuesets = self.by_id(self.models("valuesets/*.yaml", ValueSet), lambda m: m.id, "value set")
+        valuesets = self.by_id(
+            self.models("valuesets/*.yaml", ValueSet), lambda m: m.id, "value set"
+        )
         indicators = self.by_id(
             self.models("indicators/**/*.yaml", Indicator, exclude_tests=True),
             lambda m: m.id,
@@ -240,10 +252,19 @@ class _Loader:
                 self.issues.append(LintIssue(display, 1, 1, "invalid-json", str(exc)))
                 continue
             self.digest.update(display.encode() + b"\0" + text.encode())
-            if not isinstance(data, dict) or data.get("resourceType") != "Questionnaire" or not data.get("url"):
+            if (
+                not isinstance(data, dict)
+                or data.get("resourceType") != "Questionnaire"
+                or not data.get("url")
+            ):
                 self.issues.append(
-                    LintIssue(display, 1, 1, "invalid-value",
-                              "a questionnaire file must be a FHIR Questionnaire with a `url`")
+                    LintIssue(
+                        display,
+                        1,
+                        1,
+                        "invalid-value",
+                        "a questionnaire file must be a FHIR Questionnaire with a `url`",
+                    )
                 )
                 continue
             found[str(data["url"])] = data
@@ -259,12 +280,22 @@ class _Loader:
         for loc, cond in indicator_conditions(ind):
             if cond.evidence is not None and cond.evidence not in ind.evidence:
                 known = ", ".join(sorted(ind.evidence)) or "none defined"
-                self.issues.append(doc.issue(loc, "unknown-evidence",
-                    f"`evidence: {cond.evidence}` names no selector under `evidence:` "
-                    f"(defined: {known})."))
+                self.issues.append(
+                    doc.issue(
+                        loc,
+                        "unknown-evidence",
+                        f"`evidence: {cond.evidence}` names no selector under `evidence:` "
+                        f"(defined: {known}).",
+                    )
+                )
             if cond.indicator is not None and cond.indicator not in indicators:
-                self.issues.append(doc.issue(loc, "unknown-indicator",
-                    f"`indicator: {cond.indicator}` is not an indicator id in this library."))
+                self.issues.append(
+                    doc.issue(
+                        loc,
+                        "unknown-indicator",
+                        f"`indicator: {cond.indicator}` is not an indicator id in this library.",
+                    )
+                )
             if cond.fhirpath is not None:
                 self._check_fhirpath(doc, loc, cond.fhirpath)
 
@@ -273,40 +304,64 @@ class _Loader:
     ) -> None:
         loc: tuple[str | int, ...] = ("evidence", name)
         if spec.codes is not None and spec.codes not in valuesets:
-            self.issues.append(doc.issue(loc + ("codes",), "unknown-valueset",
-                f"value set `{spec.codes}` does not exist; add valuesets/{spec.codes}.yaml or "
-                f"use one of: {', '.join(sorted(valuesets))}."))
+            self.issues.append(
+                doc.issue(
+                    (*loc, "codes"),
+                    "unknown-valueset",
+                    f"value set `{spec.codes}` does not exist; add valuesets/{spec.codes}.yaml or "
+                    f"use one of: {', '.join(sorted(valuesets))}.",
+                )
+            )
         if spec.fhirpath is not None:
-            self._check_fhirpath(doc, loc + ("fhirpath",), spec.fhirpath)
+            self._check_fhirpath(doc, (*loc, "fhirpath"), spec.fhirpath)
 
     def _check_fhirpath(self, doc: YamlDocument, loc: tuple[str | int, ...], expr: str) -> None:
         try:
             check_syntax(expr)
         except FhirPathSyntaxError as exc:
-            self.issues.append(doc.issue(loc, "fhirpath-syntax",
-                f"FHIRPath `{expr}` does not parse ({exc}); fix the expression or use a "
-                "declarative test (codes, where, within_days)."))
+            self.issues.append(
+                doc.issue(
+                    loc,
+                    "fhirpath-syntax",
+                    f"FHIRPath `{expr}` does not parse ({exc}); fix the expression or use a "
+                    "declarative test (codes, where, within_days).",
+                )
+            )
 
     def _check_cases(self, located: Located, indicators: dict[str, Located]) -> None:
         casefile: CaseFile = located.model
         if casefile.indicator is not None and casefile.indicator not in indicators:
-            self.issues.append(located.doc.issue(("indicator",), "unknown-indicator",
-                f"these cases test `{casefile.indicator}`, which is not in the library."))
+            self.issues.append(
+                located.doc.issue(
+                    ("indicator",),
+                    "unknown-indicator",
+                    f"these cases test `{casefile.indicator}`, which is not in the library.",
+                )
+            )
         for i, case in enumerate(casefile.cases):
             for key in ("fires", "quiet"):
                 for j, ident in enumerate(getattr(case.expect, key)):
                     if ident not in indicators:
-                        self.issues.append(located.doc.issue(
-                            ("cases", i, "expect", key, j), "unknown-indicator",
-                            f"case `{case.name}` expects `{ident}`, which is not in the library."))
+                        self.issues.append(
+                            located.doc.issue(
+                                ("cases", i, "expect", key, j),
+                                "unknown-indicator",
+                                f"case `{case.name}` expects `{ident}`, not in the library",
+                            )
+                        )
 
     def _check_overlays(self, overlays: dict[str, Located], nations: dict[str, Located]) -> None:
         for located in overlays.values():
             nation = located.model.nation
             if nation not in nations:
-                self.issues.append(located.doc.issue(("nation",), "unknown-nation",
-                    f"nation `{nation}` has no pathway file; use one of: "
-                    f"{', '.join(sorted(nations))}."))
+                self.issues.append(
+                    located.doc.issue(
+                        ("nation",),
+                        "unknown-nation",
+                        f"nation `{nation}` has no pathway file; use one of: "
+                        f"{', '.join(sorted(nations))}.",
+                    )
+                )
 
     def _compile(
         self, valuesets: dict[str, Located], indicators: dict[str, Located]
@@ -349,16 +404,26 @@ class _Loader:
                 return
             if state.get(ident) == 1:
                 cycle = " → ".join([*trail, ident])
-                self.issues.append(active[ident].doc.issue(("fires_when",), "indicator-cycle",
-                    f"indicators refer to each other in a loop ({cycle}); break the loop."))
+                self.issues.append(
+                    active[ident].doc.issue(
+                        ("fires_when",),
+                        "indicator-cycle",
+                        f"indicators refer to each other in a loop ({cycle}); break the loop.",
+                    )
+                )
                 return
             state[ident] = 1
             for dep in sorted(deps[ident]):
                 if dep in active:
                     visit(dep, [*trail, ident])
                 else:
-                    self.issues.append(active[ident].doc.issue(("fires_when",), "unknown-indicator",
-                        f"refers to `{dep}`, which is not an active indicator."))
+                    self.issues.append(
+                        active[ident].doc.issue(
+                            ("fires_when",),
+                            "unknown-indicator",
+                            f"refers to `{dep}`, which is not an active indicator.",
+                        )
+                    )
             state[ident] = 2
             order.append(ident)
 

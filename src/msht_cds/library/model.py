@@ -213,7 +213,16 @@ class Condition(Strict):
     def _one_kind(self) -> Condition:
         kinds = [
             k
-            for k in ("all", "any", "not_", "evidence", "age", "age_unknown", "indicator", "fhirpath")
+            for k in (
+                "all",
+                "any",
+                "not_",
+                "evidence",
+                "age",
+                "age_unknown",
+                "indicator",
+                "fhirpath",
+            )
             if getattr(self, k) is not None
         ]
         if len(kinds) != 1:
@@ -244,8 +253,10 @@ class ContextRule(Strict):
     keep_info: bool = Field(
         default=False, description="Still show an information card (e.g. separated children)."
     )
-    reason: str = Field(description="Shown in explanations and the card, e.g. 'A professional "
-                        "interpreter was present'.")
+    reason: str = Field(
+        description="Shown in explanations and the card, e.g. 'A professional "
+        "interpreter was present'."
+    )
 
     @model_validator(mode="after")
     def _downgrade_has_target(self) -> ContextRule:

@@ -80,13 +80,13 @@ def check_case(library: Library, case: Case) -> list[str]:
         if ident in live:
             failures.append(f"expected {ident} to stay quiet, it fired")
     if case.expect.concern is not None:
-        got = assessment.concern or "none"
-        if got != case.expect.concern:
-            failures.append(f"expected concern {case.expect.concern}, got {got}")
+        concern = assessment.concern or "none"
+        if concern != case.expect.concern:
+            failures.append(f"expected concern {case.expect.concern}, got {concern}")
     if case.expect.card_indicator is not None:
-        got = assessment.card_indicator or "none"
-        if got != case.expect.card_indicator:
-            failures.append(f"expected card indicator {case.expect.card_indicator}, got {got}")
+        card = assessment.card_indicator or "none"
+        if card != case.expect.card_indicator:
+            failures.append(f"expected card indicator {case.expect.card_indicator}, got {card}")
     return failures
 
 
@@ -102,8 +102,15 @@ def run_cases(library: Library, name_filter: str | None = None) -> TestReport:
         line, _ = located.doc.position(("cases", index, "name"))
         failures = check_case(library, case)
         results.append(
-            CaseResult(located.doc.display_path, line, case.name, case.kind, not failures,
-                       case.todo, failures)
+            CaseResult(
+                located.doc.display_path,
+                line,
+                case.name,
+                case.kind,
+                not failures,
+                case.todo,
+                failures,
+            )
         )
     active = [c.indicator.id for c in library.compiled]
     return TestReport(

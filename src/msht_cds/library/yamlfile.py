@@ -85,6 +85,8 @@ def read_yaml(path: Path, display_path: str) -> tuple[YamlDocument | None, list[
         return None, [LintIssue(display_path, 1, 1, "yaml-syntax", f"invalid YAML: {exc}")]
     if not isinstance(tree, CommentedMap):
         return None, [
-            LintIssue(display_path, 1, 1, "yaml-syntax", "the file must hold a mapping (key: value)")
+            LintIssue(
+                display_path, 1, 1, "yaml-syntax", "the file must hold a mapping (key: value)"
+            )
         ]
     return YamlDocument(path, display_path, plain(tree), tree, text), []
