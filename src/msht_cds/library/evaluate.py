@@ -50,6 +50,11 @@ class Evaluation:
     selector_results: dict[str, list[Fact]] = field(default_factory=dict)
     fired: dict[str, IndicatorResult] = field(default_factory=dict)
 
+    @property
+    def variables(self) -> dict[str, Any]:
+        """FHIRPath environment: `%visitDate` is the visit date (use `.toDate()`)."""
+        return {"visitDate": self.visit_date.isoformat()}
+
 
 Predicate = Callable[[Evaluation], tuple[bool, list[Fact]]]
 
@@ -233,7 +238,7 @@ class CompiledSelector:
                 and screening_score(resource) >= spec.score.at_least
             ):
                 continue
-            if self.fhirpath is not None and not truthy(self.fhirpath(resource)):
+            if self.fhirpath is not None and not truthy(self.fhirpath(resource, ev.variables)):
                 continue
             reference = reference_key(resource)
             key = reference
@@ -319,7 +324,7 @@ class Compiler:
         assert cond.fhirpath is not None
         path = compile_strict(cond.fhirpath)
         return lambda ev: (
-            ev.record.patient is not None and truthy(path(ev.record.patient)),
+            ev.record.patient is not None and truthy(path(ev.record.patient, ev.variables)),
             [],
         )
 
@@ -388,11 +393,11 @@ class CompiledIndicator:
                 result.near = self.near(ev)[0]
             return result
         for strength, predicate, reason in self.escalations:
-            ok, extra = predicate(ev)
-            if ok and STRENGTH_RANK[strength] > STRENGTH_RANK[result.strength]:
+            # An escalation raises the strength and says why; it adds no facts, so that an
+            # escalating indicator never swallows the facts of the one it refers to.
+            if STRENGTH_RANK[strength] > STRENGTH_RANK[result.strength] and predicate(ev)[0]:
                 result.strength = strength
                 result.escalated_because.append(reason)
-                result.evidence = _unique(result.evidence + extra)
         for rule, predicate in self.context:
             if predicate(ev)[0]:
                 result.context_rule = rule

@@ -157,7 +157,7 @@ class Evidence(Strict):
     fhirpath: str | None = Field(
         default=None,
         description="Extra FHIRPath filter, evaluated on each candidate; use only when the "
-        "declarative fields cannot say it.",
+        "declarative fields cannot say it. `%visitDate` holds the visit date (use .toDate()).",
     )
     include_draft_orders: bool = Field(
         default=False, description="Also match orders being selected or signed (order hooks)."
