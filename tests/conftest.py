@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from msht_cds.app import create_app
 from msht_cds.config import Settings
+from msht_cds.service import Knowledge, load_knowledge
 
 from .support import ROOT
 
@@ -27,12 +28,19 @@ def settings(tmp_path: Path) -> Settings:
         cards_dir=ROOT / "cards",
         fhir_allowlist="http://127.0.0.1",
         log_format="json",
+        reload_interval_seconds=0,
     )
 
 
+@pytest.fixture(scope="session")
+def knowledge() -> Knowledge:
+    """The bundled library, loaded once for the session (apps never modify it)."""
+    return load_knowledge(ROOT / "pathways", ROOT / "cards")
+
+
 @pytest.fixture
-def app(settings: Settings) -> FastAPI:
-    return create_app(settings)
+def app(settings: Settings, knowledge: Knowledge) -> FastAPI:
+    return create_app(settings, knowledge)
 
 
 @pytest.fixture

@@ -59,6 +59,8 @@ def child_today(path: Path, today: dt.date) -> tuple[str, list[dict[str, Any]]]:
     shifted: list[dict[str, Any]] = _shift(resources, (today - moment).days)
     for resource in shifted:
         if resource["resourceType"] == "Patient":
-            resource.pop("deceasedDateTime", None)
-            resource.pop("deceasedBoolean", None)
+            # The Patient resource describes the person as the record ends (often an adult):
+            # death and marital status belong to that later life, not to the child at 15.
+            for field in ("deceasedDateTime", "deceasedBoolean", "maritalStatus"):
+                resource.pop(field, None)
     return patient["id"], shifted

@@ -99,11 +99,13 @@ def test_other_override_reasons_do_not_downgrade(client: TestClient) -> None:
 def order_request(birth_date: str) -> dict[str, Any]:
     body = example_request()
     body["context"].pop("encounterId")
-    body["prefetch"] = {
-        "patient": {"resourceType": "Patient", "id": "example-child-1", "birthDate": birth_date}
+    empty = {"resourceType": "Bundle", "type": "searchset", "total": 0}
+    body["prefetch"] = {key: empty for key in body["prefetch"] if key != "encounter"}
+    body["prefetch"]["patient"] = {
+        "resourceType": "Patient",
+        "id": "example-child-1",
+        "birthDate": birth_date,
     }
-    for key in ("encounters", "relatedPersons", "conditions", "serviceRequests"):
-        body["prefetch"][key] = {"resourceType": "Bundle", "type": "searchset", "total": 0}
     order = {
         "resourceType": "ServiceRequest",
         "id": "draft-sti-test",

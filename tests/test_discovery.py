@@ -103,3 +103,11 @@ def test_prefetch_follows_the_library(tmp_path: Path) -> None:
         prefetch = after.get("/cds-services").json()["services"][0]["prefetch"]
     assert prefetch["flags"] == "Flag?patient={{context.patientId}}"
     assert had_flags or "flags" not in keys
+
+
+def test_shipped_example_answers_every_template(client: TestClient) -> None:
+    """The README's example must stay complete as the library grows."""
+    from .support import example_request
+
+    templates = client.get("/cds-services").json()["services"][1]["prefetch"]
+    assert set(templates) <= set(example_request()["prefetch"])

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from msht_cds.app import create_app
 from msht_cds.config import Settings
+from msht_cds.service import Knowledge
 
 from .support import SHARED, FhirServer, example_request, load_json, walk_no_empty
 
@@ -21,6 +22,13 @@ SERVICE = "/cds-services/msht-encounter-start"
 def post(client: TestClient, body: Any, service: str = SERVICE) -> Any:
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
     return client.post(service, content=content, headers={"Content-Type": "application/json"})
+
+
+def allowing(settings: Settings, knowledge: Knowledge, fhir_base: str) -> TestClient:
+    """A client of an app that may fetch from `fhir_base` (a loopback FHIR server)."""
+    return TestClient(
+        create_app(settings.model_copy(update={"fhir_allowlist": fhir_base}), knowledge)
+    )
 
 
 def assert_outcome(response: Any, status: int) -> None:
@@ -167,7 +175,9 @@ def test_prefetch_for_another_patient_is_never_used(client: TestClient) -> None:
     assert_outcome(post(client, body), 412)
 
 
-def test_operation_outcome_in_prefetch_is_412_without_refetch(settings: Settings) -> None:
+def test_operation_outcome_in_prefetch_is_412_without_refetch(
+    settings: Settings, knowledge: Knowledge
+) -> None:
     body = example_request()
     with FhirServer([]) as fhir:
         body["fhirServer"] = fhir.base
@@ -175,7 +185,7 @@ def test_operation_outcome_in_prefetch_is_412_without_refetch(settings: Settings
             "resourceType": "OperationOutcome",
             "issue": [{"severity": "error", "code": "timeout"}],
         }
-        with TestClient(create_app(settings.model_copy(update={"fhir_allowlist": fhir.base}))) as c:
+        with allowing(settings, knowledge, fhir.base) as c:
             assert_outcome(post(c, body), 412)
         assert fhir.requests == []
 
@@ -183,17 +193,21 @@ def test_operation_outcome_in_prefetch_is_412_without_refetch(settings: Settings
 @pytest.mark.parametrize(
     "value", [None, {"resourceType": "Bundle", "type": "searchset", "total": 0}]
 )
-def test_null_and_empty_bundle_mean_no_data_and_no_fetch(settings: Settings, value: Any) -> None:
+def test_null_and_empty_bundle_mean_no_data_and_no_fetch(
+    settings: Settings, knowledge: Knowledge, value: Any
+) -> None:
     body = example_request()
     with FhirServer([]) as fhir:
         body["fhirServer"] = fhir.base
         body["prefetch"]["serviceRequests"] = value
-        with TestClient(create_app(settings.model_copy(update={"fhir_allowlist": fhir.base}))) as c:
+        with allowing(settings, knowledge, fhir.base) as c:
             assert post(c, body).status_code == 200
         assert fhir.requests == []
 
 
-def test_absent_key_is_fetched_with_the_bearer_token(settings: Settings) -> None:
+def test_absent_key_is_fetched_with_the_bearer_token(
+    settings: Settings, knowledge: Knowledge
+) -> None:
     body = example_request()
     conditions = body["prefetch"].pop("conditions")
     token = "opaque-" + uuid.uuid4().hex
@@ -207,7 +221,7 @@ def test_absent_key_is_fetched_with_the_bearer_token(settings: Settings) -> None
             "subject": "ehr",
             "patient": "example-child-1",
         }
-        with TestClient(create_app(settings.model_copy(update={"fhir_allowlist": fhir.base}))) as c:
+        with allowing(settings, knowledge, fhir.base) as c:
             response = post(c, body)
         assert response.status_code == 200
         ids = {i["id"] for i in response.json()["cards"][0]["extension"]["msht-cds"]["indicators"]}
@@ -215,7 +229,7 @@ def test_absent_key_is_fetched_with_the_bearer_token(settings: Settings) -> None
         assert fhir.requests == [("/fhir/Condition?patient=example-child-1", f"Bearer {token}")]
 
 
-def test_next_page_is_followed(settings: Settings) -> None:
+def test_next_page_is_followed(settings: Settings, knowledge: Knowledge) -> None:
     body = example_request()
     conditions = body["prefetch"]["conditions"]["entry"]
     body["prefetch"]["conditions"] = {"resourceType": "Bundle", "type": "searchset", "entry": []}
@@ -224,7 +238,7 @@ def test_next_page_is_followed(settings: Settings) -> None:
             {"relation": "next", "url": f"{fhir.base}/Condition?patient=example-child-1"}
         ]
         body["fhirServer"] = fhir.base
-        with TestClient(create_app(settings.model_copy(update={"fhir_allowlist": fhir.base}))) as c:
+        with allowing(settings, knowledge, fhir.base) as c:
             response = post(c, body)
         assert response.status_code == 200
         assert len(fhir.requests) == 1
@@ -281,7 +295,7 @@ def _official_requests() -> list[tuple[str, dict[str, Any]]]:
     ("name", "body"), _official_requests(), ids=lambda v: v if isinstance(v, str) else ""
 )
 def test_official_examples_return_200_with_a_valid_response(
-    settings: Settings, name: str, body: dict[str, Any]
+    settings: Settings, knowledge: Knowledge, name: str, body: dict[str, Any]
 ) -> None:
     """Each official example, with its fhirServer pointed at a loopback FHIR server holding a
     synthetic child with that patient id; without such a server the answer is 412."""
@@ -302,14 +316,14 @@ def test_official_examples_return_200_with_a_valid_response(
             }
         )
     service = "/cds-services/msht-" + body["hook"]
-    with TestClient(create_app(settings)) as plain:
+    with TestClient(create_app(settings, knowledge)) as plain:
         unreachable = post(plain, body, service)
     assert unreachable.status_code in (200, 412), unreachable.text
     with FhirServer(resources) as fhir:
         body["fhirServer"] = fhir.base
         body.pop("prefetch", None) if body["hook"] != "patient-view" else None
         configured = settings.model_copy(update={"fhir_allowlist": fhir.base})
-        with TestClient(create_app(configured)) as c:
+        with TestClient(create_app(configured, knowledge)) as c:
             response = post(c, body, service)
     assert response.status_code == 200, response.text
     assert isinstance(response.json()["cards"], list)

@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from msht_cds.app import create_app
+from msht_cds.config import Settings
+
 from .synthea import child_today, synthea_files
 
 FILES = synthea_files()
@@ -41,14 +44,24 @@ def patient_view(client: TestClient, patient_id: str, resources: list[dict[str, 
     return client.post("/cds-services/msht-patient-view", content=json.dumps(body))
 
 
+@pytest.fixture(scope="module")
+def sweep_client(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One app for the whole sweep: each record is an independent call."""
+    folder = tmp_path_factory.mktemp("sweep")
+    settings = Settings(auth="off", database_url=f"sqlite:///{folder / 'db.sqlite'}",
+                        reload_interval_seconds=0)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
 def test_there_are_synthea_records() -> None:
     assert len(FILES) >= 30
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name.split("_")[0])
-def test_synthea_record_as_a_child_today(client: TestClient, path: Path) -> None:
+def test_synthea_record_as_a_child_today(sweep_client: TestClient, path: Path) -> None:
     patient_id, resources = child_today(path, dt.date.today())
-    response = patient_view(client, patient_id, resources)
+    response = patient_view(sweep_client, patient_id, resources)
     assert response.status_code == 200, response.text
     cards = response.json()["cards"]
     for card in cards:

@@ -22,15 +22,17 @@ from .config import Settings, get_settings
 from .logs import configure_logging, get_logger
 from .routes import outcome, router
 from .runtime import Runtime
-from .service import load_knowledge
+from .service import Knowledge, load_knowledge
 
 log = get_logger("msht_cds.app")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, knowledge: Knowledge | None = None) -> FastAPI:
+    """Build the app; `knowledge` may be passed in when it is already loaded (tests, tools)."""
     settings = settings or get_settings()
     configure_logging(settings.log_format)
-    knowledge = load_knowledge(Path(settings.library_dir), Path(settings.cards_dir))
+    if knowledge is None:
+        knowledge = load_knowledge(Path(settings.library_dir), Path(settings.cards_dir))
     runtime = Runtime(settings, knowledge)
     runtime.storage.migrate()
 

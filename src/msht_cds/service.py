@@ -46,7 +46,7 @@ class Knowledge:
 
 def load_knowledge(library_dir: Path, cards_dir: Path) -> Knowledge:
     """Load and check everything, or raise LibraryLoadError with every problem found."""
-    library = load_library(library_dir)
+    library = load_library(library_dir, include_cases=False)
     templates = CardTemplates.load(cards_dir)
     return Knowledge(library, templates, PrefetchPlan.for_library(library), dt.datetime.now(dt.UTC))
 

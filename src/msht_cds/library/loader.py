@@ -128,8 +128,9 @@ def indicator_conditions(ind: Indicator) -> list[tuple[tuple[str | int, ...], Co
 
 
 class _Loader:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, include_cases: bool) -> None:
         self.root = root
+        self.include_cases = include_cases
         self.issues: list[LintIssue] = []
         self.warnings: list[LintIssue] = []
         self.digest = hashlib.sha256()
@@ -144,7 +145,8 @@ class _Loader:
             self.issues.extend(problems)
             if doc is None:
                 continue
-            self.digest.update(display.encode() + b"\0" + doc.text.encode())
+            if not path.name.endswith(".test.yaml"):  # the revision is what is served
+                self.digest.update(display.encode() + b"\0" + doc.text.encode())
             if not doc.text.startswith(MODELINE_PREFIX):
                 self.warnings.append(
                     LintIssue(
@@ -209,7 +211,7 @@ class _Loader:
             lambda m: m.id,
             "indicator",
         )
-        case_files = self.models("**/*.test.yaml", CaseFile)
+        case_files = self.models("**/*.test.yaml", CaseFile) if self.include_cases else []
         nations = self.by_id(
             self.models("nations/*.yaml", NationalPathway), lambda m: m.id, "nation"
         )
@@ -434,10 +436,13 @@ class _Loader:
         return order
 
 
-def load_library(root: Path) -> Library:
-    """Load and compile; raises LibraryLoadError listing every problem found."""
+def load_library(root: Path, *, include_cases: bool = True) -> Library:
+    """Load and compile; raises LibraryLoadError listing every problem found.
+
+    The service leaves out the test cases (`include_cases=False`): they are for lint and
+    `msht-cds test`, and are most of the library's bytes."""
     if not root.is_dir():
         raise LibraryLoadError(
             [LintIssue(str(root), 1, 1, "missing-file", "the library folder does not exist")]
         )
-    return _Loader(root).load()
+    return _Loader(root, include_cases).load()

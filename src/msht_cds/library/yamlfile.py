@@ -1,12 +1,15 @@
-"""Read lead-edited YAML strictly (ruamel.yaml round-trip) and keep every node's position.
+"""Read lead-edited YAML strictly and point every problem at its line and column.
 
-Pydantic reports problems as `loc` paths; `Positions` maps them back onto file:line:col.
+Files are parsed with ruamel.yaml's C-accelerated safe loader (YAML 1.2, duplicate keys are
+errors), which is fast enough to load the whole library in well under a second. Positions are
+needed only when something is wrong, so the round-trip tree that knows every node's line is
+built lazily, for the files that have a problem: pydantic `loc` paths map onto it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +22,27 @@ from ..errors import LintIssue
 MODELINE_PREFIX = "# yaml-language-server: $schema="
 
 
+def _yaml(typ: str) -> YAML:
+    yaml = YAML(typ=typ)
+    yaml.allow_duplicate_keys = False
+    return yaml
+
+
 @dataclass
 class YamlDocument:
-    """A parsed file: plain data for the models, and the tree that knows positions."""
+    """A parsed file: plain data for the models; positions on demand."""
 
     path: Path
     display_path: str
     data: Any
-    tree: Any
     text: str
+    _tree: Any = field(default=None, repr=False)
+
+    @property
+    def tree(self) -> Any:
+        if self._tree is None:
+            self._tree = _yaml("rt").load(self.text)
+        return self._tree
 
     def position(self, loc: tuple[str | int, ...]) -> tuple[int, int]:
         """1-based (line, column) of the deepest node on `loc` that exists in the file."""
@@ -52,7 +67,7 @@ class YamlDocument:
 
 
 def plain(node: Any) -> Any:
-    """ruamel nodes → JSON-like Python; dates back to ISO text, as FHIR JSON has them."""
+    """Parsed YAML → JSON-like Python; dates back to ISO text, as FHIR JSON has them."""
     if isinstance(node, dict):
         return {str(k): plain(v) for k, v in node.items()}
     if isinstance(node, list):
@@ -69,10 +84,8 @@ def read_yaml(path: Path, display_path: str) -> tuple[YamlDocument | None, list[
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return None, [LintIssue(display_path, 1, 1, "yaml-syntax", f"cannot read file: {exc}")]
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
     try:
-        tree = yaml.load(text)
+        data = _yaml("safe").load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -83,10 +96,8 @@ def read_yaml(path: Path, display_path: str) -> tuple[YamlDocument | None, list[
         ]
     except (YAMLError, ValueError, TypeError, RecursionError) as exc:
         return None, [LintIssue(display_path, 1, 1, "yaml-syntax", f"invalid YAML: {exc}")]
-    if not isinstance(tree, CommentedMap):
+    if not isinstance(data, dict):
         return None, [
-            LintIssue(
-                display_path, 1, 1, "yaml-syntax", "the file must hold a mapping (key: value)"
-            )
+            LintIssue(display_path, 1, 1, "yaml-syntax", "the file must hold a mapping (key: value)")
         ]
-    return YamlDocument(path, display_path, plain(tree), tree, text), []
+    return YamlDocument(path, display_path, plain(data), text), []
