@@ -7,12 +7,13 @@ turns a misspelt variable into a load-time error instead of an empty sentence.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, meta
+from jinja2 import BaseLoader, DictLoader, FileSystemLoader, StrictUndefined, TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .cdshooks import Action, Card, Coding, Link, Source, Suggestion
@@ -25,9 +26,21 @@ CARD_KINDS = ("assessment", "discharge", "order")
 TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
     kind: frozenset(
         {
-            "concern", "card_indicator", "forms", "form_labels", "indicators", "suppressed",
-            "steps", "advice", "form_advice", "organisation", "pathway_title", "earlier_decision",
-            "library", "page_url",
+            "concern",
+            "card_indicator",
+            "forms",
+            "form_labels",
+            "indicators",
+            "suppressed",
+            "steps",
+            "advice",
+            "form_advice",
+            "organisation",
+            "pathway_title",
+            "earlier_decision",
+            "library",
+            "page_url",
+            "contacts",
         }
     )
     for kind in CARD_KINDS
@@ -40,6 +53,8 @@ FORM_LABELS = {
     "financial": "financial exploitation",
     "forced_marriage": "forced marriage",
 }
+UNSAFE_SUMMARY_WORDS = re.compile(r"traffick|exploit|slave", re.IGNORECASE)
+"""Words an adult glancing at the screen must not see in a summary (domain brief §4.5.4)."""
 EXTENSION_KEY = "msht-cds"
 OVERRIDE_SYSTEM = "https://fhir.msht-cds.org/CodeSystem/override-reason"
 OVERRIDE_REASONS = (
@@ -69,9 +84,9 @@ SAFEGUARDING_CONCERN = {
 }
 
 
-def template_environment(cards_dir: Path) -> ImmutableSandboxedEnvironment:
+def _sandbox(loader: BaseLoader) -> ImmutableSandboxedEnvironment:
     return ImmutableSandboxedEnvironment(
-        loader=FileSystemLoader(str(cards_dir)),
+        loader=loader,
         undefined=StrictUndefined,
         autoescape=False,
         keep_trailing_newline=False,
@@ -80,26 +95,49 @@ def template_environment(cards_dir: Path) -> ImmutableSandboxedEnvironment:
     )
 
 
+def template_environment(cards_dir: Path) -> ImmutableSandboxedEnvironment:
+    """Templates read from disk on use: for lint and previews, never for serving."""
+    return _sandbox(FileSystemLoader(str(cards_dir)))
+
+
 @dataclass
 class CardTemplates:
-    """The loaded `cards/` folder: `<kind>.summary.j2` and `<kind>.detail.md.j2` per kind."""
+    """The loaded `cards/` folder: `<kind>.summary.j2` and `<kind>.detail.md.j2` per kind, plus
+    shared partials `_<name>.md.j2` that detail templates `{% include %}`.
+
+    The text is read once and served from memory, so an edit on disk takes effect only when a
+    reload has checked it; a broken edit never replaces the templates being served."""
 
     env: ImmutableSandboxedEnvironment
     root: Path
 
     @classmethod
     def load(cls, cards_dir: Path) -> CardTemplates:
-        env = template_environment(cards_dir)
+        sources = {p.name: p.read_text(encoding="utf-8") for p in sorted(cards_dir.glob("*.j2"))}
+        env = _sandbox(DictLoader(sources))
         issues = []
         for kind in CARD_KINDS:
             for part in ("summary.j2", "detail.md.j2"):
                 name = f"{kind}.{part}"
                 path = cards_dir / name
-                if not path.is_file():
-                    issues.append(LintIssue(str(path), 1, 1, "unknown-template",
-                                            f"template {name} is missing from {cards_dir}"))
+                if name not in sources:
+                    issues.append(
+                        LintIssue(
+                            str(path),
+                            1,
+                            1,
+                            "unknown-template",
+                            f"template {name} is missing from {cards_dir}",
+                        )
+                    )
                     continue
-                issues.extend(check_template(env, path, name, TEMPLATE_VARIABLES[kind]))
+                issues.extend(check_template(env, path, sources[name], TEMPLATE_VARIABLES[kind]))
+                if part == "summary.j2":
+                    issues.extend(check_summary_wording(path, sources[name]))
+        # Partials (`_name.md.j2`) are included by several kinds: only shared variables.
+        shared = frozenset.intersection(*TEMPLATE_VARIABLES.values())
+        for name in (n for n in sources if n.startswith("_")):
+            issues.extend(check_template(env, cards_dir / name, sources[name], shared))
         if issues:
             raise LibraryLoadError(issues)
         return cls(env, cards_dir)
@@ -109,9 +147,8 @@ class CardTemplates:
 
 
 def check_template(
-    env: ImmutableSandboxedEnvironment, path: Path, name: str, provided: frozenset[str]
+    env: ImmutableSandboxedEnvironment, path: Path, source: str, provided: frozenset[str]
 ) -> list[LintIssue]:
-    source = path.read_text(encoding="utf-8")
     try:
         ast = env.parse(source)
     except TemplateError as exc:
@@ -119,10 +156,31 @@ def check_template(
         return [LintIssue(str(path), line, 1, "template-syntax", str(exc))]
     unknown = sorted(meta.find_undeclared_variables(ast) - provided)
     return [
-        LintIssue(str(path), _line_of(source, var), 1, "template-variable",
-                  f"`{var}` is not provided to card templates; available: "
-                  f"{', '.join(sorted(provided))}")
+        LintIssue(
+            str(path),
+            _line_of(source, var),
+            1,
+            "template-variable",
+            f"`{var}` is not provided to card templates; available: {', '.join(sorted(provided))}",
+        )
         for var in unknown
+    ]
+
+
+def check_summary_wording(path: Path, source: str) -> list[LintIssue]:
+    """The summary is visible before the card is opened, so it must stay calm and neutral."""
+    return [
+        LintIssue(
+            str(path),
+            number,
+            match.start() + 1,
+            "unsafe-summary-wording",
+            f"`{match.group(0)}…` must not appear in a summary: an accompanying adult may "
+            "see the screen. Keep it neutral (e.g. 'Safeguarding: consider seeing the "
+            "young person alone') and put detail in detail.md.j2.",
+        )
+        for number, line in enumerate(source.splitlines(), 1)
+        for match in UNSAFE_SUMMARY_WORDS.finditer(line)
     ]
 
 
@@ -156,6 +214,7 @@ def template_variables(
     page_url: str,
     earlier_decision: str | None = None,
 ) -> dict[str, Any]:
+    """Everything a card template may use; TEMPLATE_VARIABLES lists the same names."""
     return {
         "concern": assessment.concern,
         "card_indicator": assessment.card_indicator,
@@ -172,12 +231,14 @@ def template_variables(
         ],
         "steps": [
             {
+                "id": s.step.id,
                 "title": s.step.title,
                 "action": s.step.action,
                 "contacts": [c.model_dump() for c in s.contacts],
             }
             for s in plan.steps
         ],
+        "contacts": [c.model_dump() for c in plan.contacts],
         "advice": plan.advice,
         "form_advice": {FORM_LABELS[f]: lines for f, lines in plan.form_advice.items()},
         "organisation": plan.overlay.organisation if plan.overlay else None,
@@ -202,36 +263,58 @@ def referral_suggestion_uuid(card_uuid: str) -> str:
 
 
 def suggestions_for(
-    card_uuid: str, patient_id: str, encounter_id: str | None, organisation: str | None
+    card_uuid: str, patient_id: str, encounter_id: str | None, plan: ReferralPlan
 ) -> list[Suggestion]:
-    """A referral to the hospital safeguarding team and a coded concern, both labelled so
-    that patient and proxy portals do not show them (v3-Confidentiality V + SDV)."""
+    """A referral to the in-hospital safeguarding team and a coded concern, both labelled so
+    that patient and proxy portals do not show them (v3-Confidentiality V + SDV, brief §4.5.3).
+
+    The referral goes to the hospital's own team, never to social care or the police directly:
+    those referrals need a conversation, not a button."""
     subject = {"reference": f"Patient/{patient_id}"}
     encounter = {"encounter": {"reference": f"Encounter/{encounter_id}"}} if encounter_id else {}
-    performer = organisation or "Hospital safeguarding children team"
+    team = plan.pathway.internal_team
     referral = _labelled(
         {
             "resourceType": "ServiceRequest",
             "status": "draft",
             "intent": "proposal",
-            "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "3457005",
-                                      "display": "Patient referral"}]}],
-            "code": {"text": "Referral to hospital safeguarding children team"},
+            "category": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://snomed.info/sct",
+                            "code": "3457005",
+                            "display": "Patient referral",
+                        }
+                    ]
+                }
+            ],
+            "code": {"text": f"Referral to the {team}"},
             "subject": subject,
             **encounter,
-            "performerType": {"text": performer},
+            "performerType": {"text": plan.team},
             "reasonCode": [{"coding": [dict(SAFEGUARDING_CONCERN)]}],
         }
     )
     concern = _labelled(
         {
             "resourceType": "Condition",
-            "clinicalStatus": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                "code": "active"}]},
-            "verificationStatus": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-                "code": "provisional"}]},
+            "clinicalStatus": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                        "code": "active",
+                    }
+                ]
+            },
+            "verificationStatus": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                        "code": "provisional",
+                    }
+                ]
+            },
             "code": {"coding": [dict(SAFEGUARDING_CONCERN)]},
             "subject": subject,
             **encounter,
@@ -239,22 +322,35 @@ def suggestions_for(
     )
     return [
         Suggestion(
-            label="Refer to the hospital safeguarding children team",
+            label=f"Refer to the {team}",
             uuid=referral_suggestion_uuid(card_uuid),
             isRecommended=True,
-            actions=[Action(type="create", description="Draft a confidential referral to the "
-                            "hospital safeguarding children team", resource=referral)],
+            actions=[
+                Action(
+                    type="create",
+                    description=f"Draft a confidential referral to the {team}",
+                    resource=referral,
+                )
+            ],
         ),
         Suggestion(
             label="Record 'Child is cause for safeguarding concern' (confidential)",
             uuid=str(uuid.uuid4()),
-            actions=[Action(type="create", description="Add a confidential coded safeguarding "
-                            "concern (SNOMED CT 836881000000105)", resource=concern)],
+            actions=[
+                Action(
+                    type="create",
+                    description="Add a confidential coded safeguarding "
+                    "concern (SNOMED CT 836881000000105)",
+                    resource=concern,
+                )
+            ],
         ),
     ]
 
 
 def override_reasons() -> list[Coding]:
+    """Coded reasons (code, system and display: spec §Reasons for rejecting a card), so that
+    'already referred' can quieten later cards for the same child."""
     return [Coding(system=OVERRIDE_SYSTEM, code=c, display=d) for c, d in OVERRIDE_REASONS]
 
 
@@ -273,23 +369,29 @@ def build_card(
     earlier_decision: str | None = None,
     with_suggestions: bool = True,
 ) -> Card:
+    """One card: prose from the templates, structure (links, actions, extension) from code."""
     variables = template_variables(assessment, plan, library, page_url, earlier_decision)
-    links = [Link(label=f"Full referral pathway: {plan.pathway.title}", url=page_url,
-                  type="absolute")]
-    links += [Link(label=link.label, url=link.url, type="absolute") for link in plan.pathway.links]
+    links = [
+        Link(label=f"Full referral pathway: {plan.pathway.title}", url=page_url, type="absolute")
+    ]
+    links += [Link(label=link.label, url=link.url, type="absolute") for link in plan.links]
     card_uuid = str(uuid.uuid4())
     suggestions = (
-        suggestions_for(card_uuid, patient_id, encounter_id, variables["organisation"])
-        if with_suggestions else None
+        suggestions_for(card_uuid, patient_id, encounter_id, plan) if with_suggestions else None
     )
     return Card(
         uuid=card_uuid,
         summary=templates.render(kind, "summary.j2", variables).replace("\n", " "),
         detail=templates.render(kind, "detail.md.j2", variables),
-        indicator=indicator,  # type: ignore[arg-type]
-        source=Source(label=f"msht-cds safeguarding library {library.version}",
-                      topic=Coding(system="https://fhir.msht-cds.org/CodeSystem/card-topic",
-                                   code="child-exploitation", display="Child exploitation")),
+        indicator=indicator,
+        source=Source(
+            label=f"msht-cds safeguarding library {library.version}",
+            topic=Coding(
+                system="https://fhir.msht-cds.org/CodeSystem/card-topic",
+                code="child-safeguarding",
+                display="Child safeguarding",
+            ),
+        ),
         suggestions=suggestions,
         selectionBehavior="any" if suggestions else None,
         overrideReasons=override_reasons(),
