@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .config import Settings, get_settings
 from .logs import configure_logging, get_logger
+from .preview import router as preview_router
 from .routes import outcome, router
 from .runtime import Runtime
 from .service import Knowledge, load_knowledge
@@ -95,6 +96,8 @@ def create_app(settings: Settings | None = None, knowledge: Knowledge | None = N
         return outcome(500, "exception", "internal error; the incident has been logged")
 
     app.include_router(router)
+    if settings.preview_enabled:
+        app.include_router(preview_router)
     return app
 
 

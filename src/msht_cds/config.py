@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     jwt_leeway_seconds: int = 60
     override_memory_days: int = 30
     reload_interval_seconds: float = 10.0
-    preview: Literal["on", "off"] = "on"
+    preview: Literal["on", "off"] | None = None
     cors_origins: str = ""
     log_format: Literal["json", "console"] = "json"
     docs_url: str | None = "/docs"
@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return self.auth == "on"
+
+    @property
+    def preview_enabled(self) -> bool:
+        """The lead's preview page: on in local development (auth off) unless set."""
+        return self.preview == "on" if self.preview is not None else not self.auth_enabled
 
 
 def is_loopback_host(host: str) -> bool:
