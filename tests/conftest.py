@@ -13,7 +13,7 @@ from msht_cds.app import create_app
 from msht_cds.config import Settings
 from msht_cds.service import Knowledge, load_knowledge
 
-from .support import ROOT
+from .support import ROOT, local_client
 
 PUBLIC_BASE = "http://testserver"
 
@@ -45,5 +45,5 @@ def app(settings: Settings, knowledge: Knowledge) -> FastAPI:
 
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, base_url=PUBLIC_BASE) as test_client:
+    with local_client(app, base_url=PUBLIC_BASE) as test_client:
         yield test_client

@@ -139,3 +139,11 @@ def live_server(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def local_client(app: FastAPI, **options: Any) -> Any:
+    """An in-process client that calls from 127.0.0.1, as a developer's EHR simulator would
+    (with MSHT_CDS_AUTH=off only loopback peers are served)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, client=("127.0.0.1", 50000), **options)

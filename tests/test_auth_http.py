@@ -362,12 +362,6 @@ def test_auth_off_without_clients_on_loopback_still_warns(tmp_path: Path) -> Non
     assert "AUTHENTICATION_DISABLED" in logs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with auth off the app answers any peer; when started "
-    "without `msht-cds serve` (uvicorn --factory on 0.0.0.0) nothing stops "
-    "remote callers. Patch for routes.authenticate in the report.",
-)
 def test_auth_off_refuses_non_loopback_peers(tmp_path: Path) -> None:
     from msht_cds.app import create_app
 

@@ -13,7 +13,7 @@ from msht_cds.app import create_app
 from msht_cds.config import Settings
 from msht_cds.service import SERVICE_IDS
 
-from .support import ROOT, walk_no_empty
+from .support import ROOT, local_client, walk_no_empty
 
 ALLOWED_TOKENS = {
     "patient-view": {"context.userId", "context.patientId", "context.encounterId"},
@@ -88,7 +88,7 @@ def test_prefetch_follows_the_library(tmp_path: Path) -> None:
         library_dir=library,
         cards_dir=ROOT / "cards",
     )
-    with TestClient(create_app(base)) as before:
+    with local_client(create_app(base)) as before:
         keys = before.get("/cds-services").json()["services"][0]["prefetch"]
     had_flags = "flags" in keys
     (library / "indicators" / "z-flag-probe.yaml").write_text(
@@ -97,7 +97,7 @@ def test_prefetch_follows_the_library(tmp_path: Path) -> None:
     (library / "indicators" / "z-flag-probe.test.yaml").write_text(
         (ROOT / "tests" / "fixtures" / "flag-probe.test.yaml").read_text()
     )
-    with TestClient(
+    with local_client(
         create_app(base.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'b.db'}"}))
     ) as after:
         prefetch = after.get("/cds-services").json()["services"][0]["prefetch"]

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 from schemathesis.checks import not_a_server_error
@@ -167,9 +167,6 @@ def test_mutated_example_requests_get_a_proper_answer(
                 node.pop(path[-1], None)
             else:
                 value = data.draw(JSON, label="value")
-                # Known bug, pinned by test_limits.py::test_a_resource_type_that_is_not_a_string
-                # (xfail): drop this filter once record.py is fixed.
-                assume(path[-1] != "resourceType" or isinstance(value, str))
                 node[path[-1]] = value
         except (KeyError, IndexError, TypeError):
             continue  # an earlier mutation changed the shape
@@ -340,9 +337,7 @@ def test_edits_of_a_real_library_file(
     text = original.decode("utf-8")
     start = data.draw(st.integers(0, len(text)), label="start")
     end = data.draw(st.integers(start, min(len(text), start + 80)), label="end")
-    # No tab: a tab inside a plain scalar is a known bug pinned by
-    # test_a_tab_inside_a_value_is_a_load_error (xfail); add it back once yamlfile.py is fixed.
-    insert = data.draw(st.text(alphabet=":-[]{}#&*!|>'\"\n %@`,?", max_size=10), label="insert")
+    insert = data.draw(st.text(alphabet=":-[]{}#&*!|>'\"\n\t %@`,?", max_size=10), label="insert")
     try:
         path.write_text(text[:start] + insert + text[end:], encoding="utf-8")
         _load_must_not_crash(root)
@@ -367,10 +362,6 @@ def _write_and_load(files: dict[str, Path], root: Path, target: str, text: str) 
         pytest.param(
             "a:\n" + "".join(" " * i + "b:\n" for i in range(1, 800)),
             id="deep-block",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="yamlfile.plain() recursion is outside read_yaml's try; patch in the report",
-            ),
         ),
         pytest.param("id: X\nlist: &x [1, 2]\nagain: *x\n", id="plain-alias"),
     ],
@@ -382,15 +373,6 @@ def test_deep_or_aliased_yaml_is_a_load_error_not_a_crash(
     _write_and_load(files, root, "indicator", text)
 
 
-YAML_LOADER_BUGS = pytest.mark.xfail(
-    strict=True,
-    reason="library/yamlfile.py: plain() follows aliases (a self-reference recurses for ever, "
-    "outside read_yaml's try), and positions come from a second parser (round-trip) that "
-    "disagrees with the safe one, so its ScannerError escapes. Patch in the report.",
-)
-
-
-@YAML_LOADER_BUGS
 def test_a_self_referencing_alias_is_a_load_error(
     small_library: tuple[Path, dict[str, Path]],
 ) -> None:
@@ -398,7 +380,6 @@ def test_a_self_referencing_alias_is_a_load_error(
     _write_and_load(files, root, "indicator", "id: X\nloop: &a [*a]\n")
 
 
-@YAML_LOADER_BUGS
 def test_a_tab_inside_a_value_is_a_load_error(
     small_library: tuple[Path, dict[str, Path]],
 ) -> None:
@@ -425,12 +406,6 @@ else:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library/yamlfile.plain() expands YAML aliases: a "
-    "'billion laughs' file exhausts memory at load or reload (MemoryError, or "
-    "the OOM killer without a limit). Patch for yamlfile.py in the report.",
-)
 def test_yaml_alias_bomb_is_rejected_not_expanded(
     small_library: tuple[Path, dict[str, Path]],
 ) -> None:

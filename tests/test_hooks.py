@@ -14,7 +14,7 @@ from msht_cds.app import create_app
 from msht_cds.config import Settings
 from msht_cds.service import Knowledge
 
-from .support import SHARED, FhirServer, example_request, load_json, walk_no_empty
+from .support import SHARED, FhirServer, example_request, load_json, local_client, walk_no_empty
 
 SERVICE = "/cds-services/msht-encounter-start"
 
@@ -26,7 +26,7 @@ def post(client: TestClient, body: Any, service: str = SERVICE) -> Any:
 
 def allowing(settings: Settings, knowledge: Knowledge, fhir_base: str) -> TestClient:
     """A client of an app that may fetch from `fhir_base` (a loopback FHIR server)."""
-    return TestClient(
+    return local_client(
         create_app(settings.model_copy(update={"fhir_allowlist": fhir_base}), knowledge)
     )
 
@@ -316,14 +316,14 @@ def test_official_examples_return_200_with_a_valid_response(
             }
         )
     service = "/cds-services/msht-" + body["hook"]
-    with TestClient(create_app(settings, knowledge)) as plain:
+    with local_client(create_app(settings, knowledge)) as plain:
         unreachable = post(plain, body, service)
     assert unreachable.status_code in (200, 412), unreachable.text
     with FhirServer(resources) as fhir:
         body["fhirServer"] = fhir.base
         body.pop("prefetch", None) if body["hook"] != "patient-view" else None
         configured = settings.model_copy(update={"fhir_allowlist": fhir.base})
-        with TestClient(create_app(configured, knowledge)) as c:
+        with local_client(create_app(configured, knowledge)) as c:
             response = post(c, body, service)
     assert response.status_code == 200, response.text
     assert isinstance(response.json()["cards"], list)

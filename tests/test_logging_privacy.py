@@ -243,12 +243,6 @@ def test_the_patient_is_stored_only_as_its_keyed_hash(
 # --------------------------------------------------------------------------- unexpected errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn logs 'Exception in ASGI application' with "
-    "exc_info, whose repr carries the exception message (may hold patient data); "
-    "logs.py needs a redacting filter, patch in the report",
-)
 def test_an_unexpected_error_logs_only_the_exception_type(tmp_path: Path) -> None:
     patient = marker("pt")
     with serve_app(lambda url: settings_for(tmp_path, url)) as live:

@@ -22,7 +22,7 @@ from msht_cds.app import create_app
 from msht_cds.config import Settings
 from msht_cds.preview import router
 
-from .support import live_server
+from .support import live_server, local_client
 from .test_explain import SCENARIO
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lint"
@@ -47,7 +47,7 @@ def make_app(tmp_path: Path, library: Path = FIXTURE / "pathways") -> FastAPI:
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(make_app(tmp_path), base_url="http://testserver") as test_client:
+    with local_client(make_app(tmp_path), base_url="http://testserver") as test_client:
         yield test_client
 
 
@@ -102,7 +102,7 @@ def test_library_text_cannot_inject_html(tmp_path: Path) -> None:
         text.replace("St Elsewhere Children's Hospital NHS Foundation Trust (synthetic)", evil),
         encoding="utf-8",
     )
-    with TestClient(make_app(tmp_path, library), base_url="http://testserver") as client:
+    with local_client(make_app(tmp_path, library), base_url="http://testserver") as client:
         html = client.get(
             "/preview?" + urlencode({"case": SCENARIO, "locality": "st-elsewhere"})
         ).text
@@ -118,7 +118,7 @@ def test_a_case_that_cannot_be_evaluated_is_a_notice(tmp_path: Path) -> None:
         " expect: {}}\n",
         encoding="utf-8",
     )
-    with TestClient(make_app(tmp_path, library), base_url="http://testserver") as client:
+    with local_client(make_app(tmp_path, library), base_url="http://testserver") as client:
         response = client.get("/preview?case=no+patient")
     assert response.status_code == 422
     assert "This case cannot be evaluated: no Patient resource" in response.text

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from msht_cds.app import create_app
 from msht_cds.config import Settings
 
+from .support import local_client
 from .synthea import child_today, synthea_files
 
 FILES = synthea_files()
@@ -48,9 +49,10 @@ def patient_view(client: TestClient, patient_id: str, resources: list[dict[str, 
 def sweep_client(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One app for the whole sweep: each record is an independent call."""
     folder = tmp_path_factory.mktemp("sweep")
-    settings = Settings(auth="off", database_url=f"sqlite:///{folder / 'db.sqlite'}",
-                        reload_interval_seconds=0)
-    with TestClient(create_app(settings)) as client:
+    settings = Settings(
+        auth="off", database_url=f"sqlite:///{folder / 'db.sqlite'}", reload_interval_seconds=0
+    )
+    with local_client(create_app(settings)) as client:
         yield client
 
 

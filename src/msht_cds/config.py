@@ -39,7 +39,6 @@ class Settings(BaseSettings):
     locality: str | None = None
     patient_hash_key: str = "development-only-key-change-me"
     max_body_bytes: int = 16 * 1024 * 1024
-    max_json_depth: int = 64
     max_resources: int = 20_000
     hook_deadline_seconds: float = 4.0
     fhir_connect_timeout: float = 2.0

@@ -9,6 +9,20 @@ import sys
 import structlog
 
 
+class RedactExceptions(logging.Filter):
+    """Keep only the exception type: a message or traceback may quote patient data."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None:
+            name = record.exc_info[0].__name__
+            record.msg = f"{record.getMessage()} ({name})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.stack_info = None
+        return True
+
+
 def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
@@ -26,6 +40,7 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactExceptions())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 Resource = dict[str, Any]
 
@@ -106,6 +106,11 @@ def codings(resource: Resource, path: str | None = None) -> Iterator[tuple[str, 
                     yield (str(concept.get("system", "")), str(concept.get("code", "")))
 
 
+def _is_resource(value: object) -> TypeGuard[Resource]:
+    """A JSON object with a textual resourceType; anything else in a record is ignored."""
+    return isinstance(value, dict) and isinstance(value.get("resourceType"), str)
+
+
 def reference_key(resource: Resource) -> str:
     return f"{resource.get('resourceType')}/{resource.get('id')}"
 
@@ -138,7 +143,7 @@ class PatientRecord:
         seen: set[str] = set()
         candidates: list[Resource] = []
         for resource in resources:
-            if not isinstance(resource, dict) or "resourceType" not in resource:
+            if not _is_resource(resource):
                 continue
             key = reference_key(resource)
             if key in seen and resource.get("id") is not None:
@@ -156,7 +161,7 @@ class PatientRecord:
             record.resources.append(resource)
             record.by_type.setdefault(resource["resourceType"], []).append(resource)
         for order in draft_orders:
-            if isinstance(order, dict) and "resourceType" in order:
+            if _is_resource(order):
                 record.draft_orders.append(order)
         return record
 
@@ -260,7 +265,7 @@ def resources_from_value(value: object) -> tuple[list[Resource], dict[int, str],
             if not isinstance(entry, dict):
                 continue
             resource = entry.get("resource")
-            if not isinstance(resource, dict):
+            if not _is_resource(resource):
                 continue
             if resource.get("resourceType") == "OperationOutcome":
                 outcomes.append(resource)
@@ -276,6 +281,6 @@ def resources_from_value(value: object) -> tuple[list[Resource], dict[int, str],
             resources.append(resource)
     elif value.get("resourceType") == "OperationOutcome":
         outcomes.append(value)
-    elif "resourceType" in value:
+    elif _is_resource(value):
         resources.append(value)
     return resources, full_urls, outcomes

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .auth import VerifiedClient, bearer_token
 from .cards import ALREADY_REFERRED, referral_suggestion_uuid
 from .cdshooks import Discovery, ServiceDescription, parse_feedback
+from .config import is_loopback_host
 from .errors import (
     AuthError,
     BadRequestError,
@@ -127,13 +128,14 @@ def decode_json(raw: bytes) -> Any:
 
 async def authenticate(request: Request, runtime: Runtime, path: str) -> VerifiedClient | None:
     settings = runtime.settings
+    if not settings.auth_enabled:
+        # Development mode trusts callers on this machine only, however the app was started.
+        if request.client is None or not is_loopback_host(request.client.host):
+            raise AuthError("auth_off_remote_peer")
+        return None
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
-        if settings.auth_enabled:
-            raise AuthError("missing_token")
-        return None
-    if not settings.auth_enabled:
-        return None
+        raise AuthError("missing_token")
     audience = settings.public_base_url + path
     try:
         return await anyio.to_thread.run_sync(runtime.verifier.verify, token, audience)

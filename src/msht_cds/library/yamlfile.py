@@ -46,8 +46,11 @@ class YamlDocument:
 
     def position(self, loc: tuple[str | int, ...]) -> tuple[int, int]:
         """1-based (line, column) of the deepest node on `loc` that exists in the file."""
-        node = self.tree
         line, col = 1, 1
+        try:
+            node = self.tree
+        except (YAMLError, ValueError, TypeError, RecursionError):
+            return line, col  # the positions parser disagrees; the issue is still reported
         for part in loc:
             if isinstance(node, CommentedMap) and part in node:
                 key_line, key_col = node.lc.key(part)
@@ -66,12 +69,20 @@ class YamlDocument:
         return LintIssue(self.display_path, line, col, code, message)
 
 
-def plain(node: Any) -> Any:
-    """Parsed YAML → JSON-like Python; dates back to ISO text, as FHIR JSON has them."""
+def plain(node: Any, _seen: set[int] | None = None) -> Any:
+    """Parsed YAML → JSON-like Python; dates back to ISO text, as FHIR JSON has them.
+
+    A mapping or list reached twice is an alias (`*name`): refused, because copying shared
+    nodes is how an alias bomb expands to billions of nodes, and a self-reference never ends."""
+    seen = set() if _seen is None else _seen
+    if isinstance(node, (dict, list)):
+        if id(node) in seen:
+            raise ValueError("aliases of mappings or lists (*name) are not allowed in the library")
+        seen.add(id(node))
     if isinstance(node, dict):
-        return {str(k): plain(v) for k, v in node.items()}
+        return {str(k): plain(v, seen) for k, v in node.items()}
     if isinstance(node, list):
-        return [plain(v) for v in node]
+        return [plain(v, seen) for v in node]
     if isinstance(node, (dt.datetime, dt.date)):
         return node.isoformat()
     if isinstance(node, str):
@@ -86,6 +97,8 @@ def read_yaml(path: Path, display_path: str) -> tuple[YamlDocument | None, list[
         return None, [LintIssue(display_path, 1, 1, "yaml-syntax", f"cannot read file: {exc}")]
     try:
         data = _yaml("safe").load(text)
+        if isinstance(data, dict):
+            data = plain(data)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -98,6 +111,8 @@ def read_yaml(path: Path, display_path: str) -> tuple[YamlDocument | None, list[
         return None, [LintIssue(display_path, 1, 1, "yaml-syntax", f"invalid YAML: {exc}")]
     if not isinstance(data, dict):
         return None, [
-            LintIssue(display_path, 1, 1, "yaml-syntax", "the file must hold a mapping (key: value)")
+            LintIssue(
+                display_path, 1, 1, "yaml-syntax", "the file must hold a mapping (key: value)"
+            )
         ]
-    return YamlDocument(path, display_path, plain(data), text), []
+    return YamlDocument(path, display_path, data, text), []
