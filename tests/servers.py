@@ -343,6 +343,7 @@ def settings_for(tmp: Path, url: str, **overrides: Any) -> Settings:
         "cards_dir": library_root() / "cards",
         "log_format": "json",
         "docs_url": None,
+        "patient_hash_key": "test-only-secret-key-0123456789abcdef",
     }
     values.update(overrides)
     return Settings(**values)

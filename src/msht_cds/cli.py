@@ -56,8 +56,14 @@ def serve(
 ) -> None:
     """Run the CDS Hooks service (uvicorn)."""
     import uvicorn
+    from pydantic import ValidationError
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        typer.echo(f"refusing to start: {problems}", err=True)
+        raise typer.Exit(2) from exc
     if not settings.auth_enabled and not is_loopback_host(host):
         typer.echo(
             f"refusing to start: MSHT_CDS_AUTH=off is only allowed on a loopback address, "

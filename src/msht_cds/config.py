@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -20,6 +20,9 @@ def _default_library_dir() -> Path:
 
 def _default_cards_dir() -> Path:
     return PACKAGE_ROOT.parent.parent / "cards"
+
+
+DEVELOPMENT_HASH_KEY = "development-only-key-change-me"
 
 
 class Settings(BaseSettings):
@@ -37,7 +40,7 @@ class Settings(BaseSettings):
     bind_host: str = "127.0.0.1"
     nation: Literal["england", "wales", "scotland", "northern_ireland"] = "england"
     locality: str | None = None
-    patient_hash_key: str = "development-only-key-change-me"
+    patient_hash_key: str = DEVELOPMENT_HASH_KEY
     max_body_bytes: int = 16 * 1024 * 1024
     max_resources: int = 20_000
     hook_deadline_seconds: float = 4.0
@@ -53,6 +56,19 @@ class Settings(BaseSettings):
     cors_origins: str = ""
     log_format: Literal["json", "console"] = "json"
     docs_url: str | None = "/docs"
+
+    @model_validator(mode="after")
+    def _secret_hash_key_when_serving_for_real(self) -> Settings:
+        """The keyed hash hides patient ids only while its key is secret: with auth on (any
+        real deployment) the public development key is refused."""
+        if self.auth == "on" and (
+            self.patient_hash_key == DEVELOPMENT_HASH_KEY or len(self.patient_hash_key) < 32
+        ):
+            raise ValueError(
+                "MSHT_CDS_PATIENT_HASH_KEY must be a secret of at least 32 characters when "
+                "MSHT_CDS_AUTH=on (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+            )
+        return self
 
     @field_validator("public_base_url")
     @classmethod
