@@ -16,6 +16,8 @@ def assess(
 
     `explain` also evaluates the near-miss tests, which only `explain` and previews show."""
     ev = Evaluation(record=record, today=today, visit_date=record.visit_date(today))
+    if library.assess_gate is not None and not library.assess_gate(ev)[0]:
+        return Assessment([], None, None, library.version)
     results = []
     for compiled in library.compiled:
         result = compiled.evaluate(ev, explain)

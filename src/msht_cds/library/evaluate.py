@@ -260,6 +260,9 @@ class CompiledSelector:
                 key = f"{reference}#{spec.describe}"
             elif spec.question is not None:
                 key = f"{reference}#{spec.question.link_id}"
+            elif spec.resource == "Encounter":
+                # An attendance (class) and its reason (e.g. an assault) are different facts.
+                key = f"{reference}#{spec.code_path or 'reason'}"
             description = spec.describe if date is None else f"{spec.describe} ({date.isoformat()})"
             yield Fact(reference, description, date, key)
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ..errors import LibraryLoadError, LintIssue
-from .evaluate import CompiledIndicator, Compiler
+from .evaluate import CompiledIndicator, Compiler, Predicate
 from .fhirpath import FhirPathSyntaxError, check_syntax
 from .model import (
     Case,
@@ -52,6 +52,7 @@ class Library:
     overlays: dict[str, Located]
     questionnaires: dict[str, dict[str, Any]]
     compiled: list[CompiledIndicator]
+    assess_gate: Predicate | None = None
     warnings: list[LintIssue] = field(default_factory=list)
 
     @property
@@ -224,9 +225,17 @@ class _Loader:
         for located in case_files:
             self._check_cases(located, indicators)
         self._check_overlays(overlays, nations)
+        for located in manifests:
+            for name, spec in located.model.evidence.items():
+                self._check_evidence(located.doc, name, spec, valuesets)
         compiled: list[CompiledIndicator] = []
+        gate: Predicate | None = None
         if not self.issues:
-            compiled = self._compile(valuesets, indicators)
+            compiler = self._compiler(valuesets)
+            compiled = self._compile(compiler, indicators)
+            manifest = manifests[0].model if manifests else None
+            if manifest is not None and manifest.assess_when is not None:
+                gate = compiler.condition(manifest.assess_when, manifest.evidence)
         if self.issues or not manifests:
             raise LibraryLoadError(sorted(self.issues, key=lambda i: (i.path, i.line, i.column)))
         return Library(
@@ -240,6 +249,7 @@ class _Loader:
             overlays=overlays,
             questionnaires=questionnaires,
             compiled=compiled,
+            assess_gate=gate,
             warnings=self.warnings,
         )
 
@@ -365,14 +375,18 @@ class _Loader:
                     )
                 )
 
+    @staticmethod
+    def _compiler(valuesets: dict[str, Located]) -> Compiler:
+        return Compiler(
+            {
+                ident: frozenset((c.system, c.code) for c in loc.model.codes)
+                for ident, loc in valuesets.items()
+            }
+        )
+
     def _compile(
-        self, valuesets: dict[str, Located], indicators: dict[str, Located]
+        self, compiler: Compiler, indicators: dict[str, Located]
     ) -> list[CompiledIndicator]:
-        codes = {
-            ident: frozenset((c.system, c.code) for c in loc.model.codes)
-            for ident, loc in valuesets.items()
-        }
-        compiler = Compiler(codes)
         active = {k: v for k, v in indicators.items() if v.model.status == "active"}
         order = self._dependency_order(active)
         compiled = []

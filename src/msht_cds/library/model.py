@@ -334,6 +334,14 @@ class LibraryManifest(Strict):
     version: str
     publisher: str
     combination: Combination
+    evidence: dict[str, Evidence] = Field(
+        default_factory=dict, description="Evidence selectors used by `assess_when`."
+    )
+    assess_when: Condition | None = Field(
+        default=None,
+        description="Whose records are assessed at all: a paediatric service assesses children "
+        "(and anyone whose age is unknown or disputed, who is treated as a child).",
+    )
     sources: dict[str, str] = Field(
         default_factory=dict, description="Citation key → document title and URL."
     )
