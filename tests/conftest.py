@@ -13,6 +13,7 @@ from msht_cds.app import create_app
 from msht_cds.config import Settings
 from msht_cds.service import Knowledge, load_knowledge
 
+from .servers import FhirStub
 from .support import ROOT, local_client
 
 PUBLIC_BASE = "http://testserver"
@@ -30,6 +31,14 @@ def settings(tmp_path: Path) -> Settings:
         log_format="json",
         reload_interval_seconds=0,
     )
+
+
+@pytest.fixture(scope="module")
+def fhir() -> Iterator[FhirStub]:
+    """A recording FHIR server on loopback, shared by the tests of one module."""
+    stub = FhirStub("/fhir").start()
+    yield stub
+    stub.close()
 
 
 @pytest.fixture(scope="session")

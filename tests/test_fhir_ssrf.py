@@ -55,13 +55,6 @@ METADATA_BASE = "https://169.254.169.254/fhir"
 
 
 @pytest.fixture(scope="module")
-def fhir() -> Iterator[FhirStub]:
-    stub = FhirStub("/fhir").start()
-    yield stub
-    stub.close()
-
-
-@pytest.fixture(scope="module")
 def other() -> Iterator[FhirStub]:
     stub = FhirStub("/other").start()
     yield stub

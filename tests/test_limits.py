@@ -41,13 +41,6 @@ MAX_FHIR_BYTES = 128 * 1024
 
 
 @pytest.fixture(scope="module")
-def fhir() -> Iterator[FhirStub]:
-    stub = FhirStub("/fhir").start()
-    yield stub
-    stub.close()
-
-
-@pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, fhir: FhirStub) -> Iterator[LiveApp]:
     tmp = tmp_path_factory.mktemp("limits")
     with serve_app(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +56,6 @@ def markers() -> dict[str, str]:
         "access_token": marker("at"),
         "comment": marker("comment"),
     }
-
-
-@pytest.fixture(scope="module")
-def fhir() -> Iterator[FhirStub]:
-    stub = FhirStub("/fhir").start()
-    yield stub
-    stub.close()
 
 
 @pytest.fixture(scope="module")

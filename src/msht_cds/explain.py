@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
@@ -27,18 +26,12 @@ from .library.evaluate import Assessment, IndicatorResult
 from .library.loader import Library, parse_model
 from .library.model import Case, CaseFile
 from .library.yamlfile import YamlDocument, read_yaml
+from .pages import WEB_TEMPLATES
 from .prefetch import PrefetchState
 from .service import CallSettings, Decision, Knowledge, decide, prepare
 
 PREVIEW_USER = "Practitioner/msht-cds-preview"
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table").enable("strikethrough")
-_WEB = Environment(
-    loader=FileSystemLoader(str(Path(__file__).parent / "web")),
-    autoescape=select_autoescape(["html", "j2"]),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 
 
 @dataclass(frozen=True)
@@ -299,7 +292,7 @@ def preview_page(
     """The HTML preview: the card as an EHR would show it, then the explanation. `form`
     carries the scenario, nation and locality choices for the /preview page."""
     card = expl.card if expl else None
-    return _WEB.get_template("preview.html.j2").render(
+    return WEB_TEMPLATES.get_template("preview.html.j2").render(
         data=explanation_dict(expl) if expl else None,
         card=card,
         detail=render_markdown(card.detail) if card and card.detail else None,

@@ -16,7 +16,7 @@ from .library.pathway_model import StepCondition
 from .referral import plan_referral
 from .service import Knowledge
 
-_WEB = Environment(
+WEB_TEMPLATES = Environment(
     loader=FileSystemLoader(str(Path(__file__).parent / "web")),
     autoescape=select_autoescape(["html", "j2"]),
     undefined=StrictUndefined,
@@ -60,7 +60,7 @@ def render_pathway_page(knowledge: Knowledge, nation: str, locality: str | None)
         if located is not None and located.model.nation == nation:
             overlay = located.model
     plan = plan_referral(library, nation, overlay, None)
-    return _WEB.get_template("pathway.html.j2").render(
+    return WEB_TEMPLATES.get_template("pathway.html.j2").render(
         plan=plan,
         library=library,
         nations=sorted(library.nations),
