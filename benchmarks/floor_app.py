@@ -8,6 +8,7 @@ orjson and answers {"cards": []}. Served by uvicorn with the same settings as `m
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
 import orjson
@@ -46,13 +47,20 @@ def main() -> None:
     if args.nodelay_fix:
         import uvicorn_nodelay  # noqa: F401
     # As msht_cds.cli.serve: import string (needed for workers > 1), no log config, no proxy
-    # headers; uvicorn's defaults for everything else.
+    # headers; uvicorn's defaults for everything else. If serve adopts the TCP_NODELAY
+    # protocol proposed in docs/performance.md (msht_cds.nodelay), the floor uses it too.
+    http = (
+        "msht_cds.nodelay:NoDelayH11Protocol"
+        if importlib.util.find_spec("msht_cds.nodelay") is not None
+        else "auto"
+    )
     uvicorn.run(
         "floor_app:app",
         app_dir=str(Path(__file__).resolve().parent),
         host=args.host,
         port=args.port,
         workers=args.workers,
+        http=http,
         log_config=None,
         proxy_headers=False,
     )

@@ -22,7 +22,7 @@ from .config import Settings, get_settings
 from .logs import configure_logging, get_logger
 from .preview import router as preview_router
 from .routes import outcome, router
-from .runtime import Runtime
+from .runtime import Runtime, freeze_long_lived
 from .service import Knowledge, load_knowledge
 
 log = get_logger("msht_cds.app")
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, knowledge: Knowledge | None = N
                 "trusted. For local development on loopback only.",
             )
         log.info("started", library_version=knowledge.version, auth=settings.auth)
+        freeze_long_lived()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(

@@ -292,7 +292,5 @@ def parse_feedback(body: object) -> list[FeedbackItem]:
                 code = coding.get("code") if isinstance(coding.get("code"), str) else None
                 system = coding.get("system") if isinstance(coding.get("system"), str) else None
             comment = isinstance(reason.get("userComment"), str)
-        items.append(
-            FeedbackItem(card, outcome, tuple(accepted), code, system, comment, timestamp)
-        )
+        items.append(FeedbackItem(card, outcome, tuple(accepted), code, system, comment, timestamp))
     return items

@@ -91,6 +91,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
+        http="msht_cds.nodelay:NoDelayH11Protocol",
         log_config=None,
         proxy_headers=False,
     )

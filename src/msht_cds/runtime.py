@@ -4,6 +4,7 @@ the database, the JWT verifier, the FHIR reader and metrics."""
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,15 @@ class ReloadStatus:
     ok: bool = True
     at: dt.datetime | None = None
     issues: list[LintIssue] = field(default_factory=list)
+
+
+def freeze_long_lived() -> None:
+    """Hide what lives as long as the process (modules, library, templates) from the cyclic
+    garbage collector: decoding a large prefetch allocates enough containers to set off full
+    collections, each walking every tracked object. Frozen objects are still freed by
+    reference counting."""
+    gc.collect()
+    gc.freeze()
 
 
 def library_fingerprint(*folders: Path) -> tuple[tuple[str, int, int], ...]:
@@ -103,6 +113,8 @@ class Runtime:
                 )
             else:
                 self.knowledge = fresh
+                gc.unfreeze()  # let the old knowledge be collected, then freeze the new one
+                freeze_long_lived()
                 self.last_reload = ReloadStatus(ok=True, at=now)
                 self.metrics.lint_errors.set(0)
                 log.info("library_reloaded", library_version=fresh.version)
