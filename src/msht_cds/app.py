@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .config import Settings, get_settings
+from .errors import ConfigurationError
 from .logs import configure_logging, get_logger
 from .preview import router as preview_router
 from .routes import outcome, router
@@ -31,6 +32,9 @@ log = get_logger("msht_cds.app")
 def create_app(settings: Settings | None = None, knowledge: Knowledge | None = None) -> FastAPI:
     """Build the app; `knowledge` may be passed in when it is already loaded (tests, tools)."""
     settings = settings or get_settings()
+    problems = settings.serving_problems()
+    if problems:
+        raise ConfigurationError("; ".join(problems))
     configure_logging(settings.log_format)
     if knowledge is None:
         knowledge = load_knowledge(Path(settings.library_dir), Path(settings.cards_dir))

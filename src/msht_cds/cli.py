@@ -61,9 +61,12 @@ def serve(
     try:
         settings = Settings()
     except ValidationError as exc:
-        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        typer.echo(f"refusing to start: {problems}", err=True)
+        typer.echo(f"refusing to start: invalid MSHT_CDS_* settings\n{exc}", err=True)
         raise typer.Exit(2) from exc
+    problems = settings.serving_problems()
+    if problems:
+        typer.echo("refusing to start: " + "; ".join(problems), err=True)
+        raise typer.Exit(2)
     if not settings.auth_enabled and not is_loopback_host(host):
         typer.echo(
             f"refusing to start: MSHT_CDS_AUTH=off is only allowed on a loopback address, "

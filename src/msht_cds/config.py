@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -57,19 +57,6 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     docs_url: str | None = "/docs"
 
-    @model_validator(mode="after")
-    def _secret_hash_key_when_serving_for_real(self) -> Settings:
-        """The keyed hash hides patient ids only while its key is secret: with auth on (any
-        real deployment) the public development key is refused."""
-        if self.auth == "on" and (
-            self.patient_hash_key == DEVELOPMENT_HASH_KEY or len(self.patient_hash_key) < 32
-        ):
-            raise ValueError(
-                "MSHT_CDS_PATIENT_HASH_KEY must be a secret of at least 32 characters when "
-                "MSHT_CDS_AUTH=on (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
-            )
-        return self
-
     @field_validator("public_base_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
@@ -82,6 +69,19 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    def serving_problems(self) -> list[str]:
+        """Reasons not to serve hook calls with these settings (offline tools need none):
+        the keyed hash hides patient ids only while its key is secret, so with auth on (any
+        real deployment) the public development key is refused."""
+        if self.auth == "on" and (
+            self.patient_hash_key == DEVELOPMENT_HASH_KEY or len(self.patient_hash_key) < 32
+        ):
+            return [
+                "MSHT_CDS_PATIENT_HASH_KEY must be a secret of at least 32 characters when "
+                "MSHT_CDS_AUTH=on (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+            ]
+        return []
 
     @property
     def auth_enabled(self) -> bool:

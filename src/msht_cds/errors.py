@@ -21,6 +21,10 @@ class MshtCdsError(Exception):
     """Base of every error this package raises on purpose."""
 
 
+class ConfigurationError(MshtCdsError):
+    """The service must not start with these settings; the message says what to set."""
+
+
 class LibraryError(MshtCdsError):
     """The indicator library, pathways or card templates cannot be used."""
 
