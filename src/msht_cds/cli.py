@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -87,7 +86,6 @@ def serve(
     except LibraryLoadError as exc:
         typer.echo(f"refusing to start: the library has errors\n{exc}", err=True)
         raise typer.Exit(1) from exc
-    os.environ["MSHT_CDS_BIND_HOST"] = host
     uvicorn.run(
         "msht_cds.app:app_from_environment",
         factory=True,

@@ -37,7 +37,6 @@ class Settings(BaseSettings):
     clients_file: Path | None = None
     public_base_url: str = "http://127.0.0.1:8000"
     fhir_allowlist: str = ""
-    bind_host: str = "127.0.0.1"
     nation: Literal["england", "wales", "scotland", "northern_ireland"] = "england"
     locality: str | None = None
     patient_hash_key: str = DEVELOPMENT_HASH_KEY
