@@ -263,6 +263,8 @@ class CompiledSelector:
             elif spec.resource == "Encounter":
                 # An attendance (class) and its reason (e.g. an assault) are different facts.
                 key = f"{reference}#{spec.code_path or 'reason'}"
+            elif spec.resource == "Condition":
+                key = _diagnosis_key(record, resource, reference)
             description = spec.describe if date is None else f"{spec.describe} ({date.isoformat()})"
             yield Fact(reference, description, date, key)
 
@@ -332,6 +334,18 @@ class CompiledSelector:
         if memo_key is not None:
             ev.fhirpath_results[memo_key] = result
         return result
+
+
+def _diagnosis_key(record: PatientRecord, condition: Resource, reference: str) -> str:
+    """A diagnosis that restates the reason for its own attendance is the same fact as that
+    reason: one intoxication coded on the visit and as a diagnosis counts once."""
+    encounter = record.resolve(condition.get("encounter"))
+    if encounter is None or encounter.get("resourceType") != "Encounter":
+        return reference
+    reasons = set(codings(encounter, "reasonCode"))
+    if reasons and reasons & set(codings(condition)):
+        return f"{reference_key(encounter)}#reason"
+    return reference
 
 
 def _code_index(
