@@ -15,9 +15,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+
+from msht_cds.config import Settings
 
 from .servers import (
     SERVICE,
@@ -29,6 +32,17 @@ from .servers import (
     settings_for,
     templates_of,
 )
+
+
+def on_copy(tmp_path: Path, library: Path, **overrides: Any) -> Callable[[str], Settings]:
+    """Settings for an app serving the library copy in `library`."""
+    return lambda url: settings_for(
+        tmp_path,
+        url,
+        library_dir=library / "pathways",
+        cards_dir=library / "cards",
+        **overrides,
+    )
 
 
 @pytest.fixture
@@ -43,15 +57,7 @@ def library(tmp_path: Path) -> Path:
 @pytest.fixture
 def live(tmp_path: Path, library: Path) -> Iterator[LiveApp]:
     # The file watcher is off here: these tests decide when reloads happen.
-    with serve_app(
-        lambda url: settings_for(
-            tmp_path,
-            url,
-            library_dir=library / "pathways",
-            cards_dir=library / "cards",
-            reload_interval_seconds=0,
-        )
-    ) as app:
+    with serve_app(on_copy(tmp_path, library, reload_interval_seconds=0)) as app:
         yield app
 
 
@@ -187,15 +193,7 @@ def test_a_template_edited_on_disk_is_not_served_before_a_reload(
 def test_the_file_watcher_rejects_a_broken_edit_and_picks_up_the_fix(
     tmp_path: Path, library: Path
 ) -> None:
-    with serve_app(
-        lambda url: settings_for(
-            tmp_path,
-            url,
-            library_dir=library / "pathways",
-            cards_dir=library / "cards",
-            reload_interval_seconds=0.2,
-        )
-    ) as live:
+    with serve_app(on_copy(tmp_path, library, reload_interval_seconds=0.2)) as live:
         before = post(live)
         version = before.headers["X-Library-Version"]
         path = indicator_file(library)

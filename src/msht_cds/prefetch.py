@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cdshooks import HookRequest
+from .cdshooks import HOOKS, HookRequest
 from .library.loader import Library
 from .record import Resource, resources_from_value
 
@@ -28,6 +28,11 @@ class PrefetchPlan:
     """Which FHIR queries each hook needs, keyed as they appear in discovery and requests."""
 
     resource_types: tuple[str, ...]
+    by_hook: dict[str, dict[str, str]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Built once per library, not per request.
+        object.__setattr__(self, "by_hook", {hook: self._build(hook) for hook in HOOKS})
 
     @classmethod
     def for_library(cls, library: Library) -> PrefetchPlan:
@@ -38,6 +43,9 @@ class PrefetchPlan:
         return cls(tuple(sorted(types, key=lambda t: (t != "Patient", t))))
 
     def templates(self, hook: str) -> dict[str, str]:
+        return self.by_hook[hook]
+
+    def _build(self, hook: str) -> dict[str, str]:
         found: dict[str, str] = {}
         for resource_type in self.resource_types:
             if resource_type == "Patient":

@@ -9,7 +9,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cards import ALREADY_REFERRED, CardTemplates, build_card
+from .cards import CardTemplates, build_card
 from .cdshooks import Card, CdsResponse, HookRequest, parse_hook_request
 from .errors import FhirServerError, PrefetchError
 from .fhir import FhirReader
@@ -180,7 +180,6 @@ def _card_for_hook(
 
 
 __all__ = [
-    "ALREADY_REFERRED",
     "HOOK_BY_SERVICE",
     "SERVICE_IDS",
     "CallSettings",

@@ -7,11 +7,11 @@ nothing here walks the record more than once per selector.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+import functools
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-import orjson
 
 from ..record import PatientRecord, Resource, age_in_years, codings, reference_key, walk
 from .fhirpath import CompiledPath, compile_strict, truthy
@@ -51,10 +51,6 @@ class Evaluation:
     visit_date: dt.date
     selector_results: dict[str, list[Fact]] = field(default_factory=dict)
     fired: dict[str, IndicatorResult] = field(default_factory=dict)
-    fhirpath_results: dict[tuple[str, bytes], bool] = field(default_factory=dict)
-    fhirpath_keys: dict[tuple[tuple[str, ...], tuple[Any, ...]], tuple[Any, ...]] = field(
-        default_factory=dict
-    )
     coding_sets: dict[tuple[int, str | None], frozenset[tuple[str, str]]] = field(
         default_factory=dict
     )
@@ -62,10 +58,11 @@ class Evaluation:
         field(default_factory=dict)
     )
 
-    @property
-    def variables(self) -> dict[str, Any]:
-        """FHIRPath environment: `%visitDate` is the visit date (use `.toDate()`)."""
-        return {"visitDate": self.visit_date.isoformat()}
+    variables: dict[str, Any] = field(init=False)
+    """FHIRPath environment: `%visitDate` is the visit date (use `.toDate()`)."""
+
+    def __post_init__(self) -> None:
+        self.variables = {"visitDate": self.visit_date.isoformat()}
 
 
 Predicate = Callable[[Evaluation], tuple[bool, list[Fact]]]
@@ -130,10 +127,16 @@ class Assessment:
 
 
 def _field_test(test: FieldTest) -> Callable[[Resource], bool]:
-    path = tuple(test.path.split("."))
+    paths = [
+        tuple(p.split(".")) for p in ([test.path] if isinstance(test.path, str) else test.path)
+    ]
 
     def values(resource: Resource) -> list[str]:
-        return [str(v).lower() if isinstance(v, bool) else str(v) for v in walk(resource, path)]
+        return [
+            str(v).lower() if isinstance(v, bool) else str(v)
+            for path in paths
+            for v in walk(resource, path)
+        ]
 
     if test.exists is not None:
         wanted = test.exists
@@ -144,8 +147,29 @@ def _field_test(test: FieldTest) -> Callable[[Resource], bool]:
     if test.is_in is not None:
         allowed = frozenset(test.is_in)
         return lambda r: any(v in allowed for v in values(r))
+    if test.matches is not None:
+        pattern = re.compile(test.matches, re.IGNORECASE)
+        # Records repeat the same few texts (repeat prescriptions): search each text once.
+        found = functools.lru_cache(maxsize=4096)(lambda v: pattern.search(v) is not None)
+        return lambda r: any(found(v) for v in values(r))
     excluded = frozenset(test.not_in or ())
     return lambda r: not any(v in excluded for v in values(r))
+
+
+@dataclass(frozen=True)
+class CodeSet:
+    """A value set compiled for matching: exact (system, code) pairs and code prefixes."""
+
+    exact: frozenset[tuple[str, str]]
+    prefixes: tuple[tuple[str, str], ...] = ()
+
+    def matches(self, found: Iterable[tuple[str, str]]) -> bool:
+        for system, code in found:
+            if (system, code) in self.exact:
+                return True
+            if any(system == s and code.startswith(p) for s, p in self.prefixes):
+                return True
+        return False
 
 
 def _answers(items: list[Any], link_id: str) -> Iterator[Any]:
@@ -202,11 +226,9 @@ def question_matches(resource: Resource, question: QuestionTest) -> bool:
 class CompiledSelector:
     key: str
     spec: Evidence
-    codes: frozenset[tuple[str, str]] | None
+    codes: CodeSet | None
     tests: list[Callable[[Resource], bool]]
     fhirpath: CompiledPath | None
-    fhirpath_reads: tuple[str, ...] | None = None
-    """Top-level members the FHIRPath can read (see `_root_reads`); None: no memo."""
 
     def facts(self, ev: Evaluation) -> list[Fact]:
         cached = ev.selector_results.get(self.key)
@@ -252,7 +274,7 @@ class CompiledSelector:
                 and screening_score(resource) >= spec.score.at_least
             ):
                 continue
-            if self.fhirpath is not None and not self._fhirpath_holds(ev, resource):
+            if self.fhirpath is not None and not truthy(self.fhirpath(resource, ev.variables)):
                 continue
             reference = reference_key(resource)
             key = reference
@@ -262,7 +284,7 @@ class CompiledSelector:
                 key = f"{reference}#{spec.question.link_id}"
             elif spec.resource == "Encounter":
                 # An attendance (class) and its reason (e.g. an assault) are different facts.
-                key = f"{reference}#{spec.code_path or 'reason'}"
+                key = f"{reference}#{spec.code_path or 'reasonCode'}"
             elif spec.resource == "Condition":
                 key = _diagnosis_key(record, resource, reference)
             description = spec.describe if date is None else f"{spec.describe} ({date.isoformat()})"
@@ -285,10 +307,8 @@ class CompiledSelector:
         index = ev.code_indexes[key]
         if index is None:
             return None
-        if len(self.codes) <= len(index):
-            hits = {p for code in self.codes for p in index.get(code, ())}
-        else:
-            hits = {p for code, found in index.items() if code in self.codes for p in found}
+        codes = self.codes
+        hits = {p for code, found in index.items() if codes.matches((code,)) for p in found}
         return [candidates[p] for p in sorted(hits)]
 
     def _coded(self, ev: Evaluation, resource: Resource) -> bool:
@@ -301,39 +321,9 @@ class CompiledSelector:
             try:
                 found = frozenset(codings(resource, self.spec.code_path))
             except Exception:  # malformed data: the lazy test, failing (or not) as it would
-                return any(c in self.codes for c in codings(resource, self.spec.code_path))
+                return self.codes.matches(codings(resource, self.spec.code_path))
             ev.coding_sets[key] = found
-        return not self.codes.isdisjoint(found)
-
-    def _fhirpath_holds(self, ev: Evaluation, resource: Resource) -> bool:
-        """truthy(FHIRPath), once per request for resources alike in every member it can read
-        (repeat prescriptions, say): the interpreter costs ~0.1-0.2 ms per resource."""
-        assert self.fhirpath is not None
-        memo_key = None
-        if self.fhirpath_reads is not None:
-            reads = self.fhirpath_reads
-            shape = (reads, tuple(resource))
-            keys = ev.fhirpath_keys.get(shape)
-            if keys is None:
-                keys = ev.fhirpath_keys[shape] = tuple(
-                    k
-                    for k in shape[1]
-                    if k == "resourceType"
-                    or (isinstance(k, str) and k.lstrip("_").startswith(reads))
-                )
-            try:
-                seen = orjson.dumps({k: resource[k] for k in keys})
-            except TypeError:  # not plain JSON: evaluate as usual
-                pass
-            else:
-                memo_key = (str(self.spec.fhirpath), seen)
-                found = ev.fhirpath_results.get(memo_key)
-                if found is not None:
-                    return found
-        result = truthy(self.fhirpath(resource, ev.variables))
-        if memo_key is not None:
-            ev.fhirpath_results[memo_key] = result
-        return result
+        return self.codes.matches(found)
 
 
 def _diagnosis_key(record: PatientRecord, condition: Resource, reference: str) -> str:
@@ -344,7 +334,7 @@ def _diagnosis_key(record: PatientRecord, condition: Resource, reference: str) -
         return reference
     reasons = set(codings(encounter, "reasonCode"))
     if reasons and reasons & set(codings(condition)):
-        return f"{reference_key(encounter)}#reason"
+        return f"{reference_key(encounter)}#reasonCode"
     return reference
 
 
@@ -365,124 +355,6 @@ def _code_index(
         for code in found:
             index.setdefault(code, []).append(position)
     return index
-
-
-# --------------------------------------------------------------------------- FHIRPath memo
-#
-# A selector's FHIRPath result depends only on what the expression reads. `_root_reads` finds
-# the top-level members it reads, by walking fhirpathpy's parse tree the way fhirpathpy
-# evaluates it, or gives None when the whole resource may be read: `$this`, `%context` or a
-# function applied to the resource itself, a capitalised (type) name at the root, time or side
-# effects (now, today, trace, aggregate...). Resources whose `resourceType` and those members
-# (choice-type and `_primitive` variants included) serialise alike get the same result.
-
-_NOT_MEMOISED = frozenset({"trace", "now", "today", "timeOfDay", "aggregate", "defineVariable"})
-_WHOLE_RESOURCE_CONSTANTS = frozenset({"context", "resource", "rootResource"})
-_OPERATORS = frozenset(
-    {
-        "AdditiveExpression",
-        "AndExpression",
-        "EqualityExpression",
-        "ImpliesExpression",
-        "IndexerExpression",
-        "InequalityExpression",
-        "MembershipExpression",
-        "MultiplicativeExpression",
-        "OrExpression",
-        "PolarityExpression",
-        "UnionExpression",
-        "XorExpression",
-    }
-)
-_LITERALS = frozenset(
-    {
-        "BooleanLiteral",
-        "DateTimeLiteral",
-        "LiteralTerm",
-        "NullLiteral",
-        "NumberLiteral",
-        "QuantityLiteral",
-        "StringLiteral",
-        "TimeLiteral",
-    }
-)
-
-
-class _WholeResource(Exception):
-    """The expression may read more of the resource than named members."""
-
-
-def _root_reads(compiled: object) -> tuple[str, ...] | None:
-    parsed = getattr(compiled, "parsedPath", None)
-    try:
-        from fhirpathpy.engine.invocations import invocation_registry
-
-        reads: set[str] = set()
-        _reach(parsed["children"][0], True, False, reads, invocation_registry)  # type: ignore[index]
-    except (_WholeResource, ImportError, LookupError, TypeError, AttributeError):
-        return None
-    return tuple(sorted(reads))
-
-
-def _name(node: Any) -> str:
-    if node.get("type") != "Identifier" or not isinstance(node.get("text"), str):
-        raise _WholeResource
-    text: str = node["text"]
-    return text.strip('"').replace("`", "")
-
-
-def _reach(node: Any, at_root: bool, in_lambda: bool, reads: set[str], registry: Any) -> bool:
-    """Record root members `node` reads; True if its value may hold the resource itself.
-    `at_root`: its focus may be the resource; `in_lambda`: inside a where()/select()/...
-    argument, where fhirpathpy's `$this` is an item, never the resource."""
-    kind, children = node.get("type"), node.get("children") or []
-    if kind in ("TermExpression", "InvocationTerm", "ParenthesizedTerm"):
-        return _reach(children[0], at_root, in_lambda, reads, registry)
-    if kind == "InvocationExpression":
-        holds = _reach(children[0], at_root, in_lambda, reads, registry)
-        for child in children[1:]:
-            holds = _reach(child, holds, in_lambda, reads, registry)
-        return holds
-    if kind in _LITERALS or kind == "IndexInvocation":
-        return False
-    if kind in _OPERATORS or kind == "TypeExpression":
-        operands = [c for c in children if c.get("type") != "TypeSpecifier"]
-        return any([_reach(c, at_root, in_lambda, reads, registry) for c in operands])
-    if kind == "ExternalConstantTerm":
-        if _name(children[0]["children"][0]) in _WHOLE_RESOURCE_CONSTANTS:
-            raise _WholeResource
-        return False
-    if kind == "ThisInvocation" and in_lambda:
-        return False
-    if kind == "MemberInvocation":
-        name = _name(children[0])
-        if not name or name[0].isupper():
-            raise _WholeResource  # a type name at the root yields the resource
-        if at_root:
-            reads.add(name)
-        return False
-    if kind == "FunctionInvocation" and not at_root:
-        functn = children[0]["children"]
-        name = _name(functn[0])
-        spec = registry.get(name)
-        if spec is None or name in _NOT_MEMOISED:
-            raise _WholeResource
-        params = functn[1]["children"] if len(functn) > 1 else []
-        if "variadic" in spec:
-            types = [spec["variadic"]] * len(params)
-        elif params:
-            types = spec["arity"][len(params)]
-        else:
-            types = []
-        for kind_of_param, param in zip(types, params, strict=True):
-            if kind_of_param == "Expr":
-                _reach(param, False, True, reads, registry)
-            elif kind_of_param not in ("Identifier", "TypeSpecifier") and _reach(
-                param, not in_lambda, in_lambda, reads, registry
-            ):
-                raise _WholeResource
-        return False
-    raise _WholeResource
 
 
 def _escorts(record: PatientRecord) -> Iterator[Resource]:
@@ -512,7 +384,7 @@ def _in_range(age: int, spec: Any) -> bool:
 class Compiler:
     """Turns the library's conditions into closures; shares identical selectors."""
 
-    def __init__(self, valuesets: dict[str, frozenset[tuple[str, str]]]) -> None:
+    def __init__(self, valuesets: dict[str, CodeSet]) -> None:
         self.valuesets = valuesets
         self.selectors: dict[str, CompiledSelector] = {}
 
@@ -528,7 +400,6 @@ class Compiler:
                 codes,
                 [_field_test(t) for t in spec.where],
                 fhirpath,
-                _root_reads(fhirpath),
             )
             self.selectors[key] = found
         return found

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ..errors import LibraryLoadError, LintIssue
-from .evaluate import CompiledIndicator, Compiler, Predicate
+from .evaluate import CodeSet, CompiledIndicator, Compiler, Predicate
 from .fhirpath import FhirPathSyntaxError, check_syntax
 from .model import (
     Case,
@@ -379,7 +379,14 @@ class _Loader:
     def _compiler(valuesets: dict[str, Located]) -> Compiler:
         return Compiler(
             {
-                ident: frozenset((c.system, c.code) for c in loc.model.codes)
+                ident: CodeSet(
+                    exact=frozenset(
+                        (c.system, c.code) for c in loc.model.codes if c.match == "exact"
+                    ),
+                    prefixes=tuple(
+                        (c.system, c.code) for c in loc.model.codes if c.match == "prefix"
+                    ),
+                )
                 for ident, loc in valuesets.items()
             }
         )

@@ -7,7 +7,8 @@ every field carries a description that editors show as hover text.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+import re
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -48,6 +49,11 @@ class Code(Strict):
         )
     )
     source: str | None = Field(default=None, description="Citation key of the source, e.g. S22a.")
+    match: Literal["exact", "prefix"] = Field(
+        default="exact",
+        description="prefix: every code that starts with `code` (an ICD-10 category or range, "
+        "e.g. X85 for X85.0-X85.9); exact: this code only.",
+    )
 
 
 class ValueSet(Strict):
@@ -65,19 +71,32 @@ class ValueSet(Strict):
 class FieldTest(Strict):
     """A test on a simple dotted path of the resource JSON (lists are flattened)."""
 
-    path: str = Field(description="Dotted path such as `status` or `class.code`.")
+    path: str | list[str] = Field(
+        description="Dotted path such as `status` or `class.code`, or a list of paths whose "
+        "values are tested together (e.g. a medication's text and its codings' display)."
+    )
     equals: str | int | bool | None = None
     is_in: list[str] | None = Field(default=None, alias="in", description="Allowed values.")
     not_in: list[str] | None = Field(default=None, description="Values that exclude.")
     exists: bool | None = Field(default=None, description="true: has a value; false: empty.")
+    matches: str | None = Field(
+        default=None,
+        description="A regular expression found in a value, ignoring case "
+        "(e.g. `ulipristal[^0-9]*30 ?mg`).",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _one_test(self) -> FieldTest:
-        given = [v for v in (self.equals, self.is_in, self.not_in, self.exists) if v is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of equals, in, not_in, exists")
+        tests = (self.equals, self.is_in, self.not_in, self.exists, self.matches)
+        if sum(v is not None for v in tests) != 1:
+            raise ValueError("give exactly one of equals, in, not_in, exists, matches")
+        if self.matches is not None:
+            try:
+                re.compile(self.matches)
+            except re.error as exc:
+                raise ValueError(f"`matches` is not a valid regular expression: {exc}") from exc
         return self
 
 
@@ -379,4 +398,3 @@ class CaseFile(Strict):
 
 
 Condition.model_rebuild()
-SchemaKinds = Annotated[str, "schema kinds"]
