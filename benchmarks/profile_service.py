@@ -6,7 +6,7 @@ Runs the same steps as `routes.call_service` (decode, prepare, history read, Pat
 assess, card, response JSON, audit writes to SQLite, the log line) on the benchmark's records,
 and times each one (median of --repeat). Selectors are timed one by one (the first computation
 per request; later uses hit the per-request cache). The cost of one hop to the thread pool
-(`anyio.to_thread.run_sync`, 5 per call) is measured on its own. `--cprofile` adds the top
+(`anyio.to_thread.run_sync`, 2 per call) is measured on its own. `--cprofile` adds the top
 functions of a cProfile run of decide() and of the whole path. Nothing here goes over HTTP;
 run.py measures that.
 """
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from msht_cds.library.assess import assess
     from msht_cds.logs import configure_logging
     from msht_cds.record import PatientRecord
-    from msht_cds.runtime import Runtime
+    from msht_cds.runtime import Runtime, collector_paused
     from msht_cds.service import (
         CallSettings,
         Decision,
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     hop = thread_hop_seconds(anyio)
     print(
         f"one thread hop (anyio.to_thread.run_sync of a no-op): {hop * 1e3:.3f} ms; the call "
-        "makes 5 (decode, prepare, history, decide, audit)\n"
+        "makes 2 (evaluation, audit write)\n"
     )
 
     for size in [s for s in args.sizes.split(",") if s]:
@@ -153,12 +153,17 @@ def main(argv: list[str] | None = None) -> int:
                 marks.append(gc_timer.total)
                 return time.perf_counter()
 
+            paused = collector_paused()  # as routes.HookCall does, from decode to free
+            paused.__enter__()
             t0 = t()
+            hook_call = routes.HookCall(
+                runtime, knowledge, "msht-patient-view", "patient-view", t0
+            )
             decoded = routes.decode_json(raw)
             t1 = mark()
             request, state = prepare(knowledge, decoded, "patient-view")
             t2 = mark()
-            history = routes._history(runtime, request)
+            history = hook_call.history(request)
             t3 = mark()
             built = PatientRecord.build(
                 request.patient_id,
@@ -179,16 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             payload = response.model_dump_json(exclude_none=True)
             t7 = mark()
             decision = Decision(request, response, assessment, built)
-            routes._audit(
-                runtime,
-                "msht-patient-view",
-                "patient-view",
-                None,
-                decision,
-                200,
-                t7 - t0,
-                knowledge.version,
-            )
+            runtime.storage.record_call(*hook_call.audit_rows(200, t7 - t0, decision))
             t8 = mark()
             routes.log.info(
                 "hook_call",
@@ -204,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = (len(payload), len(assessment.counted), card is not None)
             del decoded, request, state, built, assessment, card, response, decision
             t10 = mark()
+            paused.__exit__(None, None, None)
             for name, a, b in (
                 ("decode (routes.decode_json)", t0, t1),
                 ("prepare (parse + read_prefetch)", t1, t2),
@@ -232,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             median = statistics.median(values)
             in_gc = statistics.median(gc_stages[name])
             print(f"| {name} | {median * 1e3:.2f} | {median / total:.0%} | {in_gc * 1e3:.2f} |")
-        print(f"| + 5 thread hops | {5 * hop * 1e3:.2f} | | |")
+        print(f"| + 2 thread hops | {2 * hop * 1e3:.2f} | | |")
         print()
         print("| selector (first use per request) | candidates | median ms |\n|---|---|---|")
         ranked = sorted(selector_times.items(), key=lambda kv: -statistics.median(kv[1]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import multiprocessing
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -79,13 +80,13 @@ def serve(
             "only: every caller is trusted.",
             err=True,
         )
-    try:
-        from .service import load_knowledge
-
-        load_knowledge(settings.library_dir, settings.cards_dir)
-    except LibraryLoadError as exc:
-        typer.echo(f"refusing to start: the library has errors\n{exc}", err=True)
-        raise typer.Exit(1) from exc
+    # Checking the library and upgrading the schema happen in a process of their own, so the
+    # serving process never holds a second copy of the library or Alembic's modules.
+    preflight = multiprocessing.get_context("spawn").Process(target=_preflight)
+    preflight.start()
+    preflight.join()
+    if preflight.exitcode != 0:
+        raise typer.Exit(preflight.exitcode or 1)
     uvicorn.run(
         "msht_cds.app:app_from_environment",
         factory=True,
@@ -96,6 +97,32 @@ def serve(
         log_config=None,
         proxy_headers=False,
     )
+
+
+def _preflight() -> None:
+    """Refuse to start on a library with errors; bring the database schema up to date."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .service import load_knowledge
+    from .storage import Storage
+
+    settings = Settings()
+    try:
+        load_knowledge(settings.library_dir, settings.cards_dir)
+    except LibraryLoadError as exc:
+        typer.echo(f"refusing to start: the library has errors\n{exc}", err=True)
+        sys.exit(1)
+    storage = Storage(settings.database_url, settings.patient_hash_key)
+    try:
+        storage.migrate()
+    except SQLAlchemyError as exc:  # the URL may hold a password: name the error type only
+        typer.echo(
+            f"refusing to start: the database schema could not be upgraded ({type(exc).__name__})",
+            err=True,
+        )
+        sys.exit(1)
+    finally:
+        storage.close()
 
 
 @app.command()

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import gc
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .auth import VerifiedClient, bearer_token
 from .cards import ALREADY_REFERRED, referral_suggestion_uuid
-from .cdshooks import Discovery, ServiceDescription, parse_feedback
+from .cdshooks import Discovery, HookRequest, ServiceDescription, parse_feedback
 from .config import is_loopback_host
 from .errors import (
     AuthError,
@@ -33,15 +33,18 @@ from .errors import (
 )
 from .logs import get_logger
 from .pages import render_pathway_page
-from .runtime import Runtime
+from .prefetch import PrefetchState
+from .runtime import Runtime, collector_paused
 from .service import (
     HOOK_BY_SERVICE,
     SERVICE_IDS,
     CallSettings,
     Decision,
     History,
+    Knowledge,
     complete_prefetch,
     decide,
+    prefetch_complete,
     prepare,
 )
 from .storage import CallRecord, FeedbackEntry, IssuedCard
@@ -121,18 +124,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def decode_json(raw: bytes) -> Any:
-    # orjson builds trees, never cycles: a cyclic collection set off by the containers of a
-    # multi-megabyte prefetch would walk them (and everything else alive) for nothing.
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestError(f"the body is not valid JSON ({exc.msg})", "structure") from exc
-    finally:
-        if paused:
-            gc.enable()
+    with collector_paused():
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequestError(f"the body is not valid JSON ({exc.msg})", "structure") from exc
 
 
 async def authenticate(request: Request, runtime: Runtime, path: str) -> VerifiedClient | None:
@@ -194,109 +190,175 @@ async def call_service(service_id: str, request: Request) -> Response:
     if hook is None:
         return outcome(404, "not-found", f"no service `{service_id}`; see /cds-services")
     request_id = str(uuid.uuid4())
-    knowledge = runtime.knowledge
-    decision: Decision | None = None
-    client: VerifiedClient | None = None
+    call = HookCall(runtime, runtime.knowledge, service_id, hook, started)
+    answered: Answered | None = None
     try:
-        client = await authenticate(request, runtime, f"/cds-services/{service_id}")
+        call.client = await authenticate(request, runtime, f"/cds-services/{service_id}")
         raw = await read_body(request, runtime.settings.max_body_bytes)
-        body = await anyio.to_thread.run_sync(decode_json, raw)
-        hook_request, state = await anyio.to_thread.run_sync(prepare, knowledge, body, hook)
-        allowed = runtime.allowed_fhir_bases(client.client.fhir_servers if client else None)
-        try:
-            async with asyncio.timeout(runtime.settings.hook_deadline_seconds):
-                await complete_prefetch(knowledge, hook_request, state, runtime.reader, allowed)
-        except TimeoutError as exc:
-            raise FhirServerError("the FHIR server did not answer within the deadline") from exc
-        if len(state.resources) > runtime.settings.max_resources:
-            raise PayloadTooLargeError("the record has more resources than this service accepts")
-        history = await anyio.to_thread.run_sync(_history, runtime, hook_request)
-        settings = CallSettings(
-            runtime.settings.nation, runtime.settings.locality, runtime.settings.public_base_url
-        )
-        today = dt.datetime.now(dt.UTC).date()
-        decision = await anyio.to_thread.run_sync(
-            lambda: decide(knowledge, hook_request, state, settings, today, history)
-        )
+        async with runtime.evaluation_slot:
+            result = await anyio.to_thread.run_sync(call.start, raw)
+        del raw
+        if isinstance(result, Answered):
+            answered = result
+        else:  # prefetch was incomplete: fetch without holding the evaluation slot
+            hook_request, state = result
+            allowed = runtime.allowed_fhir_bases(
+                call.client.client.fhir_servers if call.client else None
+            )
+            try:
+                async with asyncio.timeout(runtime.settings.hook_deadline_seconds):
+                    await complete_prefetch(
+                        call.knowledge, hook_request, state, runtime.reader, allowed
+                    )
+            except TimeoutError as exc:
+                raise FhirServerError("the FHIR server did not answer within the deadline") from exc
+            async with runtime.evaluation_slot:
+                answered = await anyio.to_thread.run_sync(call.finish, hook_request, state)
+            del hook_request, state, result
         status = 200
-        response: Response = Response(
-            decision.response.model_dump_json(exclude_none=True), media_type=JSON_MEDIA
-        )
+        response: Response = Response(answered.body, media_type=JSON_MEDIA)
+        audit = answered.audit
+        latency = answered.latency
     except RequestError as exc:
         status = exc.status_code
         response = error_response(exc)
         if status != 401:
             log.info("hook_rejected", request_id=request_id, reason=exc.issue_code)
+        latency = time.perf_counter() - started
+        audit = call.audit_rows(status, latency)
     except RecursionError:
         status = 400
         response = outcome(400, "structure", "the JSON is nested too deeply")
-    latency = time.perf_counter() - started
-    response.headers["X-Library-Version"] = knowledge.version
+        latency = time.perf_counter() - started
+        audit = call.audit_rows(status, latency)
+    response.headers["X-Library-Version"] = call.knowledge.version
     response.headers["X-Request-Id"] = request_id
-    await anyio.to_thread.run_sync(
-        _audit, runtime, service_id, hook, client, decision, status, latency, knowledge.version
-    )
-    runtime.metrics.requests.labels(service_id, str(status)).inc()
-    runtime.metrics.latency.labels(service_id).observe(latency)
+    await anyio.to_thread.run_sync(runtime.storage.record_call, *audit)
+    metrics = runtime.metrics
+    metrics.requests.labels(service_id, str(status)).inc()
+    metrics.latency.labels(service_id).observe(latency)
+    if answered is not None:
+        for card_indicator in answered.card_indicators:
+            metrics.cards.labels(service_id, card_indicator, answered.concern or "").inc()
+        if answered.card_indicators:
+            for ident in audit[0].indicator_ids:
+                metrics.indicators.labels(ident).inc()
     log.info(
         "hook_call",
         request_id=request_id,
         hook=hook,
         service=service_id,
         status=status,
-        library_version=knowledge.version,
+        library_version=call.knowledge.version,
         latency_ms=round(latency * 1000, 2),
-        cards=len(decision.response.cards) if decision else 0,
+        cards=len(answered.card_indicators) if answered else 0,
     )
     return response
 
 
-def _history(runtime: Runtime, request: Any) -> History:
-    storage = runtime.storage
-    patient_key = storage.patient_key(request.patient_id)
-    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=runtime.settings.override_memory_days)
-    earlier = storage.latest_override(patient_key, {ALREADY_REFERRED}, since)
-    referral = False
-    if request.hook == "encounter-discharge":
-        encounter_key = (
-            storage.encounter_key(request.encounter_id) if request.encounter_id else None
-        )
-        referral = storage.has_referral(patient_key, encounter_key)
-    return History(earlier.at if earlier else None, referral)
+AuditRows = tuple[CallRecord, list[IssuedCard]]
 
 
-def _audit(
-    runtime: Runtime,
-    service_id: str,
-    hook: str,
-    client: VerifiedClient | None,
-    decision: Decision | None,
-    status: int,
-    latency: float,
-    version: str,
-) -> None:
-    """Audit row and issued cards; no clinical text, no tokens, patient only as a keyed hash."""
-    storage = runtime.storage
-    now = dt.datetime.now(dt.UTC)
-    cards = decision.response.cards if decision else []
-    patient_key = encounter_key = None
-    indicator_ids: list[str] = []
-    concern = None
-    if decision is not None:
-        patient_key = storage.patient_key(decision.request.patient_id)
-        if decision.request.encounter_id:
-            encounter_key = storage.encounter_key(decision.request.encounter_id)
-        if decision.assessment is not None and cards:
-            indicator_ids = [r.indicator.id for r in decision.assessment.counted]
-            concern = decision.assessment.concern
-    storage.record_call(
-        CallRecord(
+@dataclass(frozen=True)
+class Answered:
+    """What an evaluated call leaves once its record is freed: the response body, the audit
+    rows and what metrics count."""
+
+    body: bytes
+    audit: AuditRows
+    latency: float
+    card_indicators: list[str]
+    concern: str | None
+
+
+@dataclass
+class HookCall:
+    """One hook call's work off the event loop: decode, read prefetch, evaluate, render."""
+
+    runtime: Runtime
+    knowledge: Knowledge
+    service_id: str
+    hook: str
+    started: float
+    client: VerifiedClient | None = None
+
+    def start(self, raw: bytes) -> Answered | tuple[HookRequest, PrefetchState]:
+        """The whole call when prefetch is complete (the usual case): the decoded request is
+        freed before returning. Otherwise what is needed to fetch the rest."""
+        with collector_paused():
+            hook_request, state = prepare(self.knowledge, decode_json(raw), self.hook)
+            if not prefetch_complete(state):
+                return hook_request, state
+            try:
+                return self.finish(hook_request, state)
+            finally:
+                del hook_request, state
+
+    def finish(self, hook_request: HookRequest, state: PrefetchState) -> Answered:
+        with collector_paused():
+            settings = self.runtime.settings
+            if len(state.resources) > settings.max_resources:
+                raise PayloadTooLargeError(
+                    "the record has more resources than this service accepts"
+                )
+            history = self.history(hook_request)
+            call_settings = CallSettings(
+                settings.nation, settings.locality, settings.public_base_url
+            )
+            today = dt.datetime.now(dt.UTC).date()
+            decision = decide(self.knowledge, hook_request, state, call_settings, today, history)
+            body = decision.response.model_dump_json(exclude_none=True).encode()
+            latency = time.perf_counter() - self.started
+            cards = decision.response.cards
+            concern = decision.assessment.concern if decision.assessment else None
+            return Answered(
+                body,
+                self.audit_rows(200, latency, decision),
+                latency,
+                [card.indicator for card in cards],
+                concern,
+            )
+
+    def history(self, request: HookRequest) -> History:
+        storage = self.runtime.storage
+        patient_key = storage.patient_key(request.patient_id)
+        memory = self.runtime.settings.override_memory_days
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(days=memory)
+        earlier = storage.latest_override(patient_key, {ALREADY_REFERRED}, since)
+        referral = False
+        if request.hook == "encounter-discharge":
+            encounter_key = (
+                storage.encounter_key(request.encounter_id) if request.encounter_id else None
+            )
+            referral = storage.has_referral(patient_key, encounter_key)
+        return History(earlier.at if earlier else None, referral)
+
+    def audit_rows(
+        self, status: int, latency: float, decision: Decision | None = None
+    ) -> AuditRows:
+        """Audit row and issued cards; no clinical text, no tokens, patient only as a keyed
+        hash."""
+        storage = self.runtime.storage
+        now = dt.datetime.now(dt.UTC)
+        cards = decision.response.cards if decision else []
+        patient_key = encounter_key = None
+        indicator_ids: list[str] = []
+        concern = None
+        if decision is not None:
+            patient_key = storage.patient_key(decision.request.patient_id)
+            if decision.request.encounter_id:
+                encounter_key = storage.encounter_key(decision.request.encounter_id)
+            if decision.assessment is not None and cards:
+                indicator_ids = [r.indicator.id for r in decision.assessment.counted]
+                concern = decision.assessment.concern
+        hook_instance = decision.request.hook_instance if decision else ""
+        call = CallRecord(
             at=now,
-            client=client.issuer if client else None,
-            hook=hook,
-            service_id=service_id,
-            hook_instance=decision.request.hook_instance if decision else "",
-            library_version=version,
+            client=self.client.issuer if self.client else None,
+            hook=self.hook,
+            service_id=self.service_id,
+            hook_instance=hook_instance,
+            library_version=self.knowledge.version,
             patient_key=patient_key,
             encounter_key=encounter_key,
             card_uuids=[c.uuid for c in cards],
@@ -305,28 +367,22 @@ def _audit(
             status_code=status,
             latency_ms=latency * 1000,
         )
-    )
-    if cards and decision is not None and patient_key is not None:
-        storage.record_cards(
-            [
-                IssuedCard(
-                    uuid=card.uuid,
-                    service_id=service_id,
-                    hook_instance=decision.request.hook_instance,
-                    patient_key=patient_key,
-                    indicator_ids=indicator_ids,
-                    concern=concern or "",
-                    suggestion_uuids=[s.uuid for s in card.suggestions or []],
-                    issued_at=now,
-                    encounter_key=encounter_key,
-                )
-                for card in cards
-            ]
-        )
-        for card in cards:
-            runtime.metrics.cards.labels(service_id, card.indicator, concern or "").inc()
-        for ident in indicator_ids:
-            runtime.metrics.indicators.labels(ident).inc()
+        issued = [
+            IssuedCard(
+                uuid=card.uuid,
+                service_id=self.service_id,
+                hook_instance=hook_instance,
+                patient_key=patient_key,
+                indicator_ids=indicator_ids,
+                concern=concern or "",
+                suggestion_uuids=[s.uuid for s in card.suggestions or []],
+                issued_at=now,
+                encounter_key=encounter_key,
+            )
+            for card in cards
+            if patient_key is not None
+        ]
+        return call, issued
 
 
 @router.get("/cds-services/{service_id}", include_in_schema=False)

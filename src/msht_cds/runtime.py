@@ -3,9 +3,12 @@ the database, the JWT verifier, the FHIR reader and metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import gc
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +38,21 @@ def freeze_long_lived() -> None:
     reference counting."""
     gc.collect()
     gc.freeze()
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic collection while a call builds and drops its record: JSON trees and the
+    evaluation's objects hold no cycles, and a collection set off by their many containers
+    would walk them (and everything else alive) for nothing. Nesting is harmless."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 def library_fingerprint(*folders: Path) -> tuple[tuple[str, int, int], ...]:
@@ -74,6 +92,9 @@ class Runtime:
             leeway_seconds=settings.jwt_leeway_seconds,
         )
         self.last_reload = ReloadStatus(at=knowledge.loaded_at)
+        self.evaluation_slot = asyncio.Lock()
+        """One call's record in memory at a time per worker: evaluation holds the GIL anyway,
+        so taking turns costs no throughput and bounds memory to one decoded prefetch."""
         self._reload_lock = threading.Lock()
         self.fingerprint = self.current_fingerprint()
         self._publish_library()

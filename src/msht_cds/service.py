@@ -82,6 +82,11 @@ def prepare(knowledge: Knowledge, body: object, hook: str) -> tuple[HookRequest,
     return request, read_prefetch(request, knowledge.plan.templates(hook))
 
 
+def prefetch_complete(state: PrefetchState) -> bool:
+    """Every template's data is here: nothing to fetch, nothing reported as failed."""
+    return not (state.failed or state.missing or state.next_pages)
+
+
 async def complete_prefetch(
     knowledge: Knowledge,
     request: HookRequest,
@@ -94,7 +99,7 @@ async def complete_prefetch(
         raise PrefetchError(
             "the EHR reported errors for prefetch " + ", ".join(sorted(state.failed))
         )
-    if not state.missing and not state.next_pages:
+    if prefetch_complete(state):
         return
     if reader is None:
         raise FhirServerError("prefetch is incomplete and fetching from the FHIR server is off")
@@ -189,5 +194,6 @@ __all__ = [
     "complete_prefetch",
     "decide",
     "load_knowledge",
+    "prefetch_complete",
     "prepare",
 ]

@@ -12,7 +12,7 @@ import hmac
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SCHEMA_REVISION = "0001"
+"""The newest migration in MIGRATIONS_DIR (a test keeps the two in step)."""
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -236,8 +236,24 @@ class Storage:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def schema_revision(self) -> str | None:
+        """The migration the database is at; None for an empty database."""
+        try:
+            with self.engine.connect() as connection:
+                query = sa.text("SELECT version_num FROM alembic_version")
+                return connection.execute(query).scalar()
+        except sa.exc.DBAPIError:
+            return None
+
     def migrate(self) -> None:
-        """Upgrade to head on our own connection, so no alembic.ini is needed at runtime."""
+        """Upgrade to head on our own connection, so no alembic.ini is needed at runtime. A
+        database already at SCHEMA_REVISION is left alone without loading Alembic (~10 MB in
+        every worker: `msht-cds serve` migrates once, before the workers start)."""
+        if self.schema_revision() == SCHEMA_REVISION:
+            return
+        from alembic import command
+        from alembic.config import Config
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self.engine.begin() as connection:
@@ -282,18 +298,22 @@ class Storage:
         """Dialect insert supporting ON CONFLICT (both SQLite and PostgreSQL have it)."""
         return (postgresql if self.dialect == "postgresql" else sqlite).insert(model)
 
-    def record_call(self, call: CallRecord) -> None:
+    def record_call(self, call: CallRecord, cards: Sequence[IssuedCard] = ()) -> None:
+        """The audit row and the cards it issued, in one transaction (one commit)."""
         with self.session() as session:
             session.add(Call(**call.__dict__))
+            self._add_cards(session, cards)
 
-    def record_cards(self, cards: list[IssuedCard]) -> None:
+    def record_cards(self, cards: Sequence[IssuedCard]) -> None:
+        if cards:
+            with self.session() as session:
+                self._add_cards(session, cards)
+
+    def _add_cards(self, session: Session, cards: Sequence[IssuedCard]) -> None:
         """Insert-or-ignore: a retried write of the same card uuid is not an error."""
-        if not cards:
-            return
-        with self.session() as session:
-            for card in cards:
-                stmt = self._insert(Card).values(**card.__dict__)
-                session.execute(stmt.on_conflict_do_nothing(index_elements=["uuid"]))
+        for card in cards:
+            stmt = self._insert(Card).values(**card.__dict__)
+            session.execute(stmt.on_conflict_do_nothing(index_elements=["uuid"]))
 
     def record_feedback(
         self,
@@ -355,8 +375,8 @@ class Storage:
             .order_by(Feedback.outcome_timestamp.desc())
             .limit(1)
         )
-        with self.session() as session:
-            row = session.execute(stmt).first()
+        with self.engine.connect() as connection:
+            row = connection.execute(stmt).first()
         if row is None or row.override_code is None:
             return None
         return OverrideMemory(reason_code=row.override_code, at=row.outcome_timestamp)
@@ -380,8 +400,8 @@ class Storage:
         stmt = sa.select(Referral.at).where(
             Referral.patient_key == patient_key, Referral.encounter_key == (encounter_key or "")
         )
-        with self.session() as session:
-            return session.execute(stmt).first() is not None
+        with self.engine.connect() as connection:
+            return connection.execute(stmt).first() is not None
 
 
 class DatabaseReplayCache:

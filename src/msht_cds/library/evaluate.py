@@ -13,7 +13,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..record import PatientRecord, Resource, age_in_years, codings, reference_key, walk
+from ..record import (
+    PatientRecord,
+    Resource,
+    age_in_years,
+    codings,
+    path_reader,
+    reference_key,
+)
 from .fhirpath import CompiledPath, compile_strict, truthy
 from .model import (
     FORMS,
@@ -42,6 +49,9 @@ class Fact:
     key: str
 
 
+CodeIndex = dict[tuple[str, str], list[int]]
+
+
 @dataclass
 class Evaluation:
     """Per-request state: the record, the visit date and what has been computed so far."""
@@ -54,8 +64,8 @@ class Evaluation:
     coding_sets: dict[tuple[int, str | None], frozenset[tuple[str, str]]] = field(
         default_factory=dict
     )
-    code_indexes: dict[tuple[str, bool, str | None], dict[tuple[str, str], list[int]] | None] = (
-        field(default_factory=dict)
+    code_indexes: dict[tuple[str, bool, str | None], CodeIndex | None] = field(
+        default_factory=dict
     )
 
     variables: dict[str, Any] = field(init=False)
@@ -127,15 +137,16 @@ class Assessment:
 
 
 def _field_test(test: FieldTest) -> Callable[[Resource], bool]:
-    paths = [
-        tuple(p.split(".")) for p in ([test.path] if isinstance(test.path, str) else test.path)
+    readers = [
+        path_reader(tuple(p.split(".")))
+        for p in ([test.path] if isinstance(test.path, str) else test.path)
     ]
 
     def values(resource: Resource) -> list[str]:
         return [
             str(v).lower() if isinstance(v, bool) else str(v)
-            for path in paths
-            for v in walk(resource, path)
+            for read in readers
+            for v in read(resource)
         ]
 
     if test.exists is not None:
@@ -163,13 +174,14 @@ class CodeSet:
     exact: frozenset[tuple[str, str]]
     prefixes: tuple[tuple[str, str], ...] = ()
 
+    def contains(self, coding: tuple[str, str]) -> bool:
+        if coding in self.exact:
+            return True
+        system, code = coding
+        return any(system == s and code.startswith(p) for s, p in self.prefixes)
+
     def matches(self, found: Iterable[tuple[str, str]]) -> bool:
-        for system, code in found:
-            if (system, code) in self.exact:
-                return True
-            if any(system == s and code.startswith(p) for s, p in self.prefixes):
-                return True
-        return False
+        return any(self.contains(coding) for coding in found)
 
 
 def _answers(items: list[Any], link_id: str) -> Iterator[Any]:
@@ -303,12 +315,12 @@ class CompiledSelector:
             return None
         key = (spec.resource, spec.include_draft_orders, spec.code_path)
         if key not in ev.code_indexes:
-            ev.code_indexes[key] = _code_index(ev, candidates, spec.code_path)
+            ev.code_indexes[key] = _code_index(candidates, spec.code_path)
         index = ev.code_indexes[key]
         if index is None:
             return None
         codes = self.codes
-        hits = {p for code, found in index.items() if codes.matches((code,)) for p in found}
+        hits = {p for code, found in index.items() if codes.contains(code) for p in found}
         return [candidates[p] for p in sorted(hits)]
 
     def _coded(self, ev: Evaluation, resource: Resource) -> bool:
@@ -338,22 +350,15 @@ def _diagnosis_key(record: PatientRecord, condition: Resource, reference: str) -
     return reference
 
 
-def _code_index(
-    ev: Evaluation, candidates: list[Resource], code_path: str | None
-) -> dict[tuple[str, str], list[int]] | None:
+def _code_index(candidates: list[Resource], code_path: str | None) -> CodeIndex | None:
     """(system, code) → positions in `candidates`; None if some codings cannot be read."""
-    index: dict[tuple[str, str], list[int]] = {}
+    index: CodeIndex = {}
     for position, resource in enumerate(candidates):
-        key = (id(resource), code_path)
-        found = ev.coding_sets.get(key)
-        if found is None:
-            try:
-                found = frozenset(codings(resource, code_path))
-            except Exception:
-                return None
-            ev.coding_sets[key] = found
-        for code in found:
-            index.setdefault(code, []).append(position)
+        try:
+            for code in codings(resource, code_path):
+                index.setdefault(code, []).append(position)
+        except Exception:
+            return None
     return index
 
 
@@ -443,7 +448,7 @@ class Compiler:
     def _evidence(cond: Condition, selector: CompiledSelector) -> Predicate:
         at_least = cond.at_least or 1
         fewer = cond.fewer_than
-        distinct = tuple(cond.distinct.split(".")) if cond.distinct else None
+        distinct = path_reader(tuple(cond.distinct.split("."))) if cond.distinct else None
 
         def check(ev: Evaluation) -> tuple[bool, list[Fact]]:
             facts = selector.facts(ev)
@@ -452,7 +457,7 @@ class Compiler:
                 for fact in facts:
                     resource = ev.record.by_reference.get(fact.reference)
                     if resource is not None:
-                        values.update(str(v) for v in walk(resource, distinct))
+                        values.update(str(v) for v in distinct(resource))
                 count = len(values)
             else:
                 count = len(facts)
