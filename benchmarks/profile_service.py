@@ -156,9 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             paused = collector_paused()  # as routes.HookCall does, from decode to free
             paused.__enter__()
             t0 = t()
-            hook_call = routes.HookCall(
-                runtime, knowledge, "msht-patient-view", "patient-view", t0
-            )
+            hook_call = routes.HookCall(runtime, knowledge, "msht-patient-view", "patient-view", t0)
             decoded = routes.decode_json(raw)
             t1 = mark()
             request, state = prepare(knowledge, decoded, "patient-view")

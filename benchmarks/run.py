@@ -2,9 +2,9 @@
 
     python benchmarks/run.py [--tiny] [--seconds N] [--out FILE]
 
-Starts the real service (`msht-cds serve`, full library, MSHT_CDS_AUTH=off, SQLite in a temporary
-folder) and the floor app (benchmarks/floor_app.py) on loopback ports with the same uvicorn
-settings, then sends `patient-view` calls whose prefetch is a small, a medium and a large real
+Starts the real service (`msht-cds serve`, full library, MSHT_CDS_AUTH=off,
+MSHT_CDS_PREVIEW=off, SQLite in a temporary folder) and the floor app (benchmarks/floor_app.py)
+on loopback ports with the same uvicorn settings, then sends `patient-view` calls whose prefetch is a small, a medium and a large real
 Synthea record (dates shifted so the last encounter is today). Phases: 1 client against 1 worker
 each, then 4 concurrent clients against 2 workers each. The two servers are measured in
 alternating slices (never at the same time) so slow drift of a shared machine hits both alike.
@@ -273,11 +273,11 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """VmHWM: the peak resident set size of the process so far."""
+def rss_mb(pid: int, field: str = "VmHWM") -> float | None:
+    """VmHWM: the peak resident set size of the process so far; VmRSS: the current one."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -461,6 +461,8 @@ def servers(
         "MSHT_CDS_CARDS_DIR": str(cards),
         "MSHT_CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{service_port}",
         "MSHT_CDS_LOG_FORMAT": "json",
+        # As in production: the leads' preview pages are off (auth off alone turns them on).
+        "MSHT_CDS_PREVIEW": "off",
     }
     service = Server(
         "service",
@@ -604,6 +606,10 @@ def main(argv: list[str] | None = None) -> int:
                 service,
                 floor,
             ):
+                idle = {
+                    server.name: [rss_mb(pid, "VmRSS") for pid in server.worker_pids()]
+                    for server in (service, floor)
+                }
                 if not bodies:
                     status, discovery = get_json(service.port, "/cds-services")
                     if status != 200:
@@ -674,7 +680,8 @@ def main(argv: list[str] | None = None) -> int:
                             "server": server.name,
                             "clients": phase.clients,
                             "workers": phase.workers,
-                            "peak_rss_mb": [peak_rss_mb(pid) for pid in pids],
+                            "idle_rss_mb": idle[server.name],
+                            "peak_rss_mb": [rss_mb(pid) for pid in pids],
                         }
                     )
     report = render(results)
@@ -826,6 +833,11 @@ def render(results: dict[str, Any]) -> str:
             "-"
             if mem["server"] != "service"
             else ("yes" if worst is not None and worst <= 150 else "NO")
+        )
+        idle = [p for p in mem.get("idle_rss_mb", []) if p is not None]
+        lines.append(
+            f"| {mem['server']} idle RSS per worker (VmRSS, ready, before any call), "
+            f"{mem['workers']} worker(s) | {', '.join(f'{p:.0f}' for p in idle)} MB | - | - |"
         )
         lines.append(
             f"| {mem['server']} peak RSS per worker (VmHWM), {mem['clients']} client(s), "

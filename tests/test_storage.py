@@ -22,6 +22,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from msht_cds.storage import (
+    MIGRATIONS_DIR,
+    SCHEMA_REVISION,
     Base,
     Call,
     CallRecord,
@@ -110,6 +112,38 @@ def test_migrate_twice_is_a_noop_and_matches_models(storage: Storage) -> None:
         assert {"calls", "issued_cards", "feedback", "referrals", "jwt_replay"} <= tables
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [("0001",)]
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+def test_schema_revision_is_the_newest_migration(storage: Storage) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION
+    assert storage.schema_revision() == SCHEMA_REVISION
+
+
+def test_a_current_database_is_not_migrated_again_and_alembic_stays_unloaded(
+    tmp_path: Path,
+) -> None:
+    """Workers start against a database `msht-cds serve` has upgraded: they skip Alembic."""
+    url = f"sqlite:///{tmp_path}/current.db"
+    first = Storage(url, KEY)
+    first.migrate()
+    first.close()
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from msht_cds.storage import Storage
+        store = Storage({url!r}, "k")
+        store.migrate()
+        print(store.schema_revision(), "alembic" in sys.modules)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [SCHEMA_REVISION, "False"]
 
 
 def test_concurrent_migrations_do_not_collide(db_url: str) -> None:

@@ -21,7 +21,6 @@ from . import __version__
 from .config import Settings, get_settings
 from .errors import ConfigurationError
 from .logs import configure_logging, get_logger
-from .preview import router as preview_router
 from .routes import outcome, router
 from .runtime import Runtime, freeze_long_lived
 from .service import Knowledge, load_knowledge
@@ -102,6 +101,9 @@ def create_app(settings: Settings | None = None, knowledge: Knowledge | None = N
 
     app.include_router(router)
     if settings.preview_enabled:
+        # Imported only when served: the preview's modules cost a worker ~4 MB.
+        from .preview import router as preview_router
+
         app.include_router(preview_router)
     return app
 

@@ -85,6 +85,11 @@ class PayloadTooLargeError(RequestError):
         super().__init__(message, 413, "too-costly")
 
 
+class RequestTimeoutError(RequestError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 408, "timeout")
+
+
 class AuthError(RequestError):
     """The reason stays server-side; the client always sees the same 401 body."""
 

@@ -106,21 +106,25 @@ def path_reader(path: tuple[str, ...]) -> PathReader:
     return steps
 
 
-@functools.cache
-def _date_readers(resource_type: str) -> tuple[PathReader, ...]:
-    return tuple(path_reader(path) for path in _DATE_PATHS.get(resource_type, ()))
-
-
-@functools.cache
-def _concept_readers(resource_type: str, path: str | None) -> tuple[PathReader, ...]:
-    paths = (path,) if path else _CODE_PATHS.get(resource_type, ("code",))
-    return tuple(path_reader(tuple(p.split("."))) for p in paths)
+# Keyed by the resource types the rules know, never by what a request sends: bounded.
+_DATE_READERS = {
+    kind: tuple(path_reader(path) for path in paths) for kind, paths in _DATE_PATHS.items()
+}
+_CONCEPT_READERS = {
+    kind: tuple(path_reader(tuple(p.split("."))) for p in paths)
+    for kind, paths in _CODE_PATHS.items()
+}
+_DEFAULT_CONCEPT_READERS = (path_reader(("code",)),)
 
 
 def codings(resource: Resource, path: str | None = None) -> Iterator[tuple[str, str]]:
     """(system, code) pairs of a resource's main coded element(s), or of `path`."""
-    resource_type = resource.get("resourceType", "")
-    for read in _concept_readers(resource_type if isinstance(resource_type, str) else "", path):
+    readers = (
+        (path_reader(tuple(path.split("."))),)
+        if path
+        else _CONCEPT_READERS.get(resource.get("resourceType", ""), _DEFAULT_CONCEPT_READERS)
+    )
+    for read in readers:
         for concept in read(resource):
             if isinstance(concept, dict):
                 if "coding" in concept:
@@ -249,7 +253,7 @@ class PatientRecord:
         key = id(resource)
         if key not in self._dates:
             value: dt.date | None = None
-            for read in _date_readers(resource.get("resourceType", "")):
+            for read in _DATE_READERS.get(resource.get("resourceType", ""), ()):
                 for raw in read(resource):
                     value = parse_date(raw)
                     if value:

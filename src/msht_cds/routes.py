@@ -30,6 +30,7 @@ from .errors import (
     FhirServerError,
     PayloadTooLargeError,
     RequestError,
+    RequestTimeoutError,
 )
 from .logs import get_logger
 from .pages import render_pathway_page
@@ -109,21 +110,25 @@ def error_response(error: RequestError) -> JSONResponse:
     return outcome(error.status_code, error.issue_code, error.message)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, deadline: float | None = None) -> bytearray:
+    """The body in one growing buffer (half the peak of joining chunks: prefetch is large).
+    A body still arriving after `deadline` seconds gets 408: its answer would come too late."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"the body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"the body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = bytearray()
+    try:
+        async with asyncio.timeout(deadline):
+            async for chunk in request.stream():
+                if len(body) + len(chunk) > limit:
+                    raise PayloadTooLargeError(f"the body is larger than {limit} bytes")
+                body += chunk
+    except TimeoutError:
+        raise RequestTimeoutError(f"the body did not arrive within {deadline} s") from None
+    return body
 
 
-def decode_json(raw: bytes) -> Any:
+def decode_json(raw: bytes | bytearray) -> Any:
     with collector_paused():
         try:
             return orjson.loads(raw)
@@ -194,8 +199,11 @@ async def call_service(service_id: str, request: Request) -> Response:
     answered: Answered | None = None
     try:
         call.client = await authenticate(request, runtime, f"/cds-services/{service_id}")
-        raw = await read_body(request, runtime.settings.max_body_bytes)
         async with runtime.evaluation_slot:
+            # Read in the slot too: a waiting call's body stays in the socket, not in memory.
+            raw = await read_body(
+                request, runtime.settings.max_body_bytes, runtime.settings.hook_deadline_seconds
+            )
             result = await anyio.to_thread.run_sync(call.start, raw)
         del raw
         if isinstance(result, Answered):
@@ -282,7 +290,7 @@ class HookCall:
     started: float
     client: VerifiedClient | None = None
 
-    def start(self, raw: bytes) -> Answered | tuple[HookRequest, PrefetchState]:
+    def start(self, raw: bytearray) -> Answered | tuple[HookRequest, PrefetchState]:
         """The whole call when prefetch is complete (the usual case): the decoded request is
         freed before returning. Otherwise what is needed to fetch the rest."""
         with collector_paused():

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -295,8 +294,15 @@ class Storage:
         return self._hash("Encounter", encounter_id)
 
     def _insert(self, model: type[Base]) -> Any:
-        """Dialect insert supporting ON CONFLICT (both SQLite and PostgreSQL have it)."""
-        return (postgresql if self.dialect == "postgresql" else sqlite).insert(model)
+        """Dialect insert supporting ON CONFLICT (both SQLite and PostgreSQL have it). Only the
+        dialect in use is imported: the other costs every worker a few MB."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(model)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(model)
 
     def record_call(self, call: CallRecord, cards: Sequence[IssuedCard] = ()) -> None:
         """The audit row and the cards it issued, in one transaction (one commit)."""

@@ -7,7 +7,6 @@ nothing here walks the record more than once per selector.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -64,7 +63,9 @@ class Evaluation:
     coding_sets: dict[tuple[int, str | None], frozenset[tuple[str, str]]] = field(
         default_factory=dict
     )
-    code_indexes: dict[tuple[str, bool, str | None], CodeIndex | None] = field(
+    code_indexes: dict[tuple[str, bool, str | None], CodeIndex | None] = field(default_factory=dict)
+    text_matches: dict[tuple[str, str], bool] = field(default_factory=dict)
+    text_indexes: dict[tuple[str, bool, tuple[str, ...]], dict[str, list[int]]] = field(
         default_factory=dict
     )
 
@@ -136,7 +137,12 @@ class Assessment:
 # --------------------------------------------------------------------------- selectors
 
 
-def _field_test(test: FieldTest) -> Callable[[Resource], bool]:
+FieldCheck = Callable[[Resource, "Evaluation"], bool]
+FieldValues = Callable[[Resource], list[str]]
+
+
+def _field_values(test: FieldTest) -> FieldValues:
+    """The test's values of a resource as text (booleans as FHIR writes them)."""
     readers = [
         path_reader(tuple(p.split(".")))
         for p in ([test.path] if isinstance(test.path, str) else test.path)
@@ -149,22 +155,59 @@ def _field_test(test: FieldTest) -> Callable[[Resource], bool]:
             for v in read(resource)
         ]
 
+    return values
+
+
+def _field_test(test: FieldTest) -> FieldCheck:
+    values = _field_values(test)
     if test.exists is not None:
         wanted = test.exists
-        return lambda r: bool(values(r)) == wanted
+        return lambda r, ev: bool(values(r)) == wanted
     if test.equals is not None:
         target = str(test.equals).lower() if isinstance(test.equals, bool) else str(test.equals)
-        return lambda r: target in values(r)
+        return lambda r, ev: target in values(r)
     if test.is_in is not None:
         allowed = frozenset(test.is_in)
-        return lambda r: any(v in allowed for v in values(r))
+        return lambda r, ev: any(v in allowed for v in values(r))
     if test.matches is not None:
-        pattern = re.compile(test.matches, re.IGNORECASE)
-        # Records repeat the same few texts (repeat prescriptions): search each text once.
-        found = functools.lru_cache(maxsize=4096)(lambda v: pattern.search(v) is not None)
-        return lambda r: any(found(v) for v in values(r))
+        search = TextSearch(test.matches)
+        return lambda r, ev: any(search(value, ev) for value in values(r))
     excluded = frozenset(test.not_in or ())
-    return lambda r: not any(v in excluded for v in values(r))
+    return lambda r, ev: not any(v in excluded for v in values(r))
+
+
+class TextSearch:
+    """A `matches` pattern. Records repeat the same few texts (repeat prescriptions): each
+    distinct text is searched once per call, in a memo that lives and dies with the call."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._search = re.compile(pattern, re.IGNORECASE).search
+
+    def __call__(self, value: str, ev: Evaluation) -> bool:
+        key = (self.pattern, value)
+        found = ev.text_matches.get(key)
+        if found is None:
+            found = ev.text_matches[key] = self._search(value) is not None
+        return found
+
+
+@dataclass(frozen=True)
+class TextFilter:
+    """A selector's first `matches` test, used to narrow its candidates through an index of
+    the record's texts (built once per call for each resource type and set of paths)."""
+
+    paths: tuple[str, ...]
+    values: FieldValues
+    search: TextSearch
+
+    @classmethod
+    def first_of(cls, tests: list[FieldTest]) -> TextFilter | None:
+        for test in tests:
+            if test.matches is not None:
+                paths = (test.path,) if isinstance(test.path, str) else tuple(test.path)
+                return cls(paths, _field_values(test), TextSearch(test.matches))
+        return None
 
 
 @dataclass(frozen=True)
@@ -239,8 +282,9 @@ class CompiledSelector:
     key: str
     spec: Evidence
     codes: CodeSet | None
-    tests: list[Callable[[Resource], bool]]
+    tests: list[FieldCheck]
     fhirpath: CompiledPath | None
+    text_filter: TextFilter | None = None
 
     def facts(self, ev: Evaluation) -> list[Fact]:
         cached = ev.selector_results.get(self.key)
@@ -265,10 +309,12 @@ class CompiledSelector:
         per_fact_key = spec.resource == "Patient" or spec.current_encounter or spec.escort
         candidates = self._candidates(ev)
         coded = self._coded_candidates(ev, candidates) if self.codes is not None else None
+        if coded is None and self.text_filter is not None and not per_fact_key:
+            coded = self._text_candidates(ev, candidates, self.text_filter)
         for resource in candidates if coded is None else coded:
             if self.codes is not None and coded is None and not self._coded(ev, resource):
                 continue
-            if not all(test(resource) for test in self.tests):
+            if not all(test(resource, ev) for test in self.tests):
                 continue
             date = record.date_of(resource)
             if earliest is not None and (date is None or date < earliest):
@@ -313,7 +359,7 @@ class CompiledSelector:
         spec = self.spec
         if spec.resource == "Patient" or spec.current_encounter or spec.escort:
             return None
-        key = (spec.resource, spec.include_draft_orders, spec.code_path)
+        key = (spec.resource, _with_drafts(spec, ev), spec.code_path)
         if key not in ev.code_indexes:
             ev.code_indexes[key] = _code_index(candidates, spec.code_path)
         index = ev.code_indexes[key]
@@ -321,6 +367,22 @@ class CompiledSelector:
             return None
         codes = self.codes
         hits = {p for code, found in index.items() if codes.contains(code) for p in found}
+        return [candidates[p] for p in sorted(hits)]
+
+    def _text_candidates(
+        self, ev: Evaluation, candidates: list[Resource], text: TextFilter
+    ) -> list[Resource]:
+        """The candidates with a text that `text` matches, in record order; the other tests
+        still run on each of them."""
+        spec = self.spec
+        key = (spec.resource, _with_drafts(spec, ev), text.paths)
+        index = ev.text_indexes.get(key)
+        if index is None:
+            index = ev.text_indexes[key] = {}
+            for position, resource in enumerate(candidates):
+                for value in text.values(resource):
+                    index.setdefault(value, []).append(position)
+        hits = {p for value, found in index.items() if text.search(value, ev) for p in found}
         return [candidates[p] for p in sorted(hits)]
 
     def _coded(self, ev: Evaluation, resource: Resource) -> bool:
@@ -348,6 +410,12 @@ def _diagnosis_key(record: PatientRecord, condition: Resource, reference: str) -
     if reasons and reasons & set(codings(condition)):
         return f"{reference_key(encounter)}#reasonCode"
     return reference
+
+
+def _with_drafts(spec: Evidence, ev: Evaluation) -> bool:
+    """Whether the candidates include draft orders: with none in the call, selectors with
+    and without `include_draft_orders` see the same resources and share one index."""
+    return spec.include_draft_orders and bool(ev.record.draft_orders)
 
 
 def _code_index(candidates: list[Resource], code_path: str | None) -> CodeIndex | None:
@@ -405,6 +473,7 @@ class Compiler:
                 codes,
                 [_field_test(t) for t in spec.where],
                 fhirpath,
+                TextFilter.first_of(spec.where),
             )
             self.selectors[key] = found
         return found

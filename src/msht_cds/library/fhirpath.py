@@ -6,17 +6,30 @@ empty), so every expression in the library is parsed strictly before it is compi
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import fhirpathpy
 from antlr4 import CommonTokenStream, InputStream, Token
 from antlr4.error.ErrorListener import ErrorListener
 from fhirpathpy import compile as fhirpath_compile
-from fhirpathpy.models import models
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 CompiledPath = Callable[..., list[Any]]
+
+
+@functools.cache
+def _r4_model() -> dict[str, Any]:
+    """fhirpathpy's R4 type model, read alone: `fhirpathpy.models` loads four FHIR versions
+    (~6 MB more in every worker)."""
+    folder = Path(fhirpathpy.__file__).parent / "models" / "r4"
+    return {
+        path.stem: json.loads(path.read_text(encoding="utf-8")) for path in folder.glob("*.json")
+    }
 
 
 class FhirPathSyntaxError(ValueError):
@@ -47,7 +60,7 @@ def check_syntax(expression: str) -> None:
 
 def compile_strict(expression: str) -> CompiledPath:
     check_syntax(expression)
-    compiled: CompiledPath = fhirpath_compile(expression, models["r4"])
+    compiled: CompiledPath = fhirpath_compile(expression, _r4_model())
     return compiled
 
 
