@@ -7,6 +7,7 @@ with a wide margin ("it returned"), never tight: the machine may be loaded.
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import json
 import time
@@ -124,6 +125,43 @@ def test_body_over_the_limit_chunked_is_413(live: LiveApp, http: httpx.Client) -
     assert "content-length" not in response.request.headers
     assert response.request.headers.get("transfer-encoding") == "chunked"
     assert_outcome(response, 413)
+
+
+def test_a_body_that_stops_arriving_gets_408_and_frees_the_worker(
+    live: LiveApp, http: httpx.Client
+) -> None:
+    """Calls take turns per worker, reading included: a stalled upload gives up at the hook
+    deadline, and the next call is answered."""
+    complete = json.dumps(body_for(live)).encode()
+
+    def stalls() -> Iterator[bytes]:
+        yield complete[:1000]
+        time.sleep(DEADLINE + 1.5)
+        yield complete[1000:]
+
+    started = time.monotonic()
+    try:
+        response = http.post(
+            live.service_url(), content=stalls(), headers={"Content-Type": "application/json"}
+        )
+    except (httpx.WriteError, httpx.RemoteProtocolError):
+        pytest.fail("the server should answer 408, not drop the connection")
+    elapsed = time.monotonic() - started
+    body = assert_outcome(response, 408)
+    assert body["issue"][0]["code"] == "timeout"
+    assert elapsed < DEADLINE + MARGIN, f"took {elapsed:.1f}s with a {DEADLINE}s deadline"
+    assert http.post(live.service_url(), content=complete).status_code == 200
+
+
+def test_concurrent_calls_take_turns_and_are_all_answered(live: LiveApp) -> None:
+    bodies = [body_for(live) for _ in range(12)]
+    with (
+        httpx.Client(timeout=60) as client,
+        concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool,
+    ):
+        statuses = list(pool.map(lambda b: client.post(live.service_url(), json=b), bodies))
+    assert [r.status_code for r in statuses] == [200] * len(bodies)
+    assert all(r.json()["cards"] for r in statuses)
 
 
 def test_feedback_body_over_the_limit_is_413(live: LiveApp, http: httpx.Client) -> None:
