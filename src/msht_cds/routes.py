@@ -205,7 +205,6 @@ async def call_service(service_id: str, request: Request) -> Response:
                 request, runtime.settings.max_body_bytes, runtime.settings.hook_deadline_seconds
             )
             result = await anyio.to_thread.run_sync(call.start, raw)
-        del raw
         if isinstance(result, Answered):
             answered = result
         else:  # prefetch was incomplete: fetch without holding the evaluation slot
@@ -294,7 +293,10 @@ class HookCall:
         """The whole call when prefetch is complete (the usual case): the decoded request is
         freed before returning. Otherwise what is needed to fetch the rest."""
         with collector_paused():
-            hook_request, state = prepare(self.knowledge, decode_json(raw), self.hook)
+            decoded = decode_json(raw)
+            raw.clear()  # the tree replaces the bytes: hold one of them, not both
+            hook_request, state = prepare(self.knowledge, decoded, self.hook)
+            del decoded
             if not prefetch_complete(state):
                 return hook_request, state
             try:
