@@ -117,14 +117,16 @@ _CONCEPT_READERS = {
 _DEFAULT_CONCEPT_READERS = (path_reader(("code",)),)
 
 
+def concept_readers(resource_type: str, path: str | None = None) -> tuple[PathReader, ...]:
+    """Readers of a resource type's main coded element(s), or of `path`."""
+    if path:
+        return (path_reader(tuple(path.split("."))),)
+    return _CONCEPT_READERS.get(resource_type, _DEFAULT_CONCEPT_READERS)
+
+
 def codings(resource: Resource, path: str | None = None) -> Iterator[tuple[str, str]]:
     """(system, code) pairs of a resource's main coded element(s), or of `path`."""
-    readers = (
-        (path_reader(tuple(path.split("."))),)
-        if path
-        else _CONCEPT_READERS.get(resource.get("resourceType", ""), _DEFAULT_CONCEPT_READERS)
-    )
-    for read in readers:
+    for read in concept_readers(resource.get("resourceType", ""), path):
         for concept in read(resource):
             if isinstance(concept, dict):
                 if "coding" in concept:
@@ -169,6 +171,7 @@ class PatientRecord:
     ) -> PatientRecord:
         record = cls(patient_id=patient_id, encounter_id=encounter_id)
         full_urls = full_urls or {}
+        by_reference = record.by_reference
         seen: set[str] = set()
         candidates: list[Resource] = []
         for resource in resources:
@@ -179,16 +182,22 @@ class PatientRecord:
                 continue
             seen.add(key)
             candidates.append(resource)
-            record.by_reference[key] = resource
+            by_reference[key] = resource
             full_url = full_urls.get(id(resource))
             if full_url:
-                record.by_reference[full_url] = resource
+                by_reference[full_url] = resource
+        by_type = record.by_type
         for resource in candidates:
             if record._about_other_patient(resource):
                 record.dropped_other_patient += 1
                 continue
             record.resources.append(resource)
-            record.by_type.setdefault(resource["resourceType"], []).append(resource)
+            kind = resource["resourceType"]
+            found = by_type.get(kind)
+            if found is None:
+                by_type[kind] = [resource]
+            else:
+                found.append(resource)
         for order in draft_orders:
             if _is_resource(order):
                 record.draft_orders.append(order)
@@ -196,18 +205,20 @@ class PatientRecord:
 
     def _about_other_patient(self, resource: Resource) -> bool:
         """True for clinical data about someone else: never reason over another child."""
-        if resource.get("resourceType") == "Patient":
+        if resource["resourceType"] == "Patient":
             return resource.get("id") != self.patient_id
         for link in _PATIENT_LINKS:
             ref = resource.get(link)
-            if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
-                target = self.resolve(ref)
+            if isinstance(ref, dict):
+                text = ref.get("reference")
+                if not isinstance(text, str):
+                    continue
+                target = self.resolve(text)
                 if target is not None:
                     return (
                         target.get("resourceType") == "Patient"
                         and target.get("id") != self.patient_id
                     )
-                text: str = ref["reference"]
                 if text.startswith("Patient/") or "/Patient/" in text:
                     return text.rsplit("/", 1)[-1] != self.patient_id
         return False

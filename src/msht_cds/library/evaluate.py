@@ -17,6 +17,7 @@ from ..record import (
     Resource,
     age_in_years,
     codings,
+    concept_readers,
     path_reader,
     reference_key,
 )
@@ -419,14 +420,26 @@ def _with_drafts(spec: Evidence, ev: Evaluation) -> bool:
 
 
 def _code_index(candidates: list[Resource], code_path: str | None) -> CodeIndex | None:
-    """(system, code) → positions in `candidates`; None if some codings cannot be read."""
+    """(system, code) → positions in `candidates`; None if some codings cannot be read.
+    The same pairs as `codings`, read in one loop: this runs on every resource of a type."""
     index: CodeIndex = {}
-    for position, resource in enumerate(candidates):
-        try:
-            for code in codings(resource, code_path):
-                index.setdefault(code, []).append(position)
-        except Exception:
-            return None
+    readers = concept_readers(candidates[0]["resourceType"] if candidates else "", code_path)
+    try:
+        for position, resource in enumerate(candidates):
+            for read in readers:
+                for concept in read(resource):
+                    if not isinstance(concept, dict):
+                        continue
+                    if "coding" in concept:
+                        for coding in concept["coding"] or ():
+                            if isinstance(coding, dict):
+                                code = (str(coding.get("system", "")), str(coding.get("code", "")))
+                                index.setdefault(code, []).append(position)
+                    elif "code" in concept:
+                        code = (str(concept.get("system", "")), str(concept.get("code", "")))
+                        index.setdefault(code, []).append(position)
+    except Exception:
+        return None
     return index
 
 
