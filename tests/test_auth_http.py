@@ -309,12 +309,12 @@ def test_no_request_reached_the_database_as_a_card_when_refused(
     call(http, live, "garbage")
     import sqlalchemy as sa
 
-    from msht_cds.storage import Call
+    from msht_cds.storage import calls
 
-    with live.runtime.storage.session() as session:
-        rows = session.execute(
-            sa.select(Call.status_code, Call.card_uuids, Call.patient_key).where(
-                Call.status_code == 401
+    with live.runtime.storage.transaction() as connection:
+        rows = connection.execute(
+            sa.select(calls.c.status_code, calls.c.card_uuids, calls.c.patient_key).where(
+                calls.c.status_code == 401
             )
         ).all()
     assert rows

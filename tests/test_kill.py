@@ -18,7 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from msht_cds.storage import Feedback, Storage
+from msht_cds.storage import Storage, feedback
 
 from .servers import SERVICE, ServeProcess, discovery_templates, full_request
 
@@ -124,9 +124,10 @@ def test_every_acknowledged_feedback_survives_sigkill(tmp_path: Path) -> None:
 
     storage = Storage(url, HASH_KEY)
     try:
-        with storage.session() as session:
-            integrity = session.execute(sa.text("PRAGMA integrity_check")).scalar()
-            rows = session.execute(sa.select(Feedback.card_uuid, Feedback.outcome_timestamp)).all()
+        with storage.transaction() as connection:
+            integrity = connection.execute(sa.text("PRAGMA integrity_check")).scalar()
+            columns = (feedback.c.card_uuid, feedback.c.outcome_timestamp)
+            rows = connection.execute(sa.select(*columns)).all()
     finally:
         storage.close()
     stored = {(r.card_uuid, r.outcome_timestamp) for r in rows}

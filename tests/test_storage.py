@@ -24,15 +24,15 @@ from alembic.migration import MigrationContext
 from msht_cds.storage import (
     MIGRATIONS_DIR,
     SCHEMA_REVISION,
-    Base,
-    Call,
     CallRecord,
     DatabaseReplayCache,
-    Feedback,
     FeedbackEntry,
     IssuedCard,
-    ReplayClaim,
     Storage,
+    calls,
+    feedback,
+    jwt_replay,
+    metadata,
 )
 
 KEY = "test-key"
@@ -100,9 +100,9 @@ def _override(card_uuid: str, code: str, at: datetime) -> FeedbackEntry:
     return FeedbackEntry(card_uuid, "overridden", [], code, "http://example.org/cs", at, True)
 
 
-def _count(store: Storage, model: type[Base]) -> int:
-    with store.session() as session:
-        return session.scalar(sa.select(sa.func.count()).select_from(model)) or 0
+def _count(store: Storage, table: sa.Table) -> int:
+    with store.transaction() as connection:
+        return connection.scalar(sa.select(sa.func.count()).select_from(table)) or 0
 
 
 def test_migrate_twice_is_a_noop_and_matches_models(storage: Storage) -> None:
@@ -111,7 +111,7 @@ def test_migrate_twice_is_a_noop_and_matches_models(storage: Storage) -> None:
         tables = set(sa.inspect(conn).get_table_names())
         assert {"calls", "issued_cards", "feedback", "referrals", "jwt_replay"} <= tables
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [("0001",)]
-        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
 
 
 def test_schema_revision_is_the_newest_migration(storage: Storage) -> None:
@@ -164,7 +164,7 @@ def test_concurrent_migrations_do_not_collide(db_url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
-    assert _count(stores[0], Feedback) == 0
+    assert _count(stores[0], feedback) == 0
     for store in stores:
         store.close()
 
@@ -200,8 +200,8 @@ def test_record_call_round_trip_stores_no_raw_ids(storage: Storage) -> None:
         latency_ms=12.5,
     )
     storage.record_call(record)
-    with storage.session() as session:
-        row = session.scalars(sa.select(Call)).one()
+    with storage.transaction() as connection:
+        row = connection.execute(sa.select(calls)).one()
     assert row.at == T0
     assert row.at.tzinfo is not None
     assert row.card_uuids == ["c-1"]
@@ -225,9 +225,9 @@ def test_feedback_is_idempotent_and_joins_the_patient(storage: Storage) -> None:
     second = storage.record_feedback("msht", body)
     assert (first.stored, first.duplicates, first.unknown_cards) == (2, 0, 0)
     assert (second.stored, second.duplicates, second.unknown_cards) == (0, 2, 0)
-    assert _count(storage, Feedback) == 2
-    with storage.session() as session:
-        rows = session.scalars(sa.select(Feedback)).all()
+    assert _count(storage, feedback) == 2
+    with storage.transaction() as connection:
+        rows = connection.execute(sa.select(feedback)).all()
     assert {r.patient_key for r in rows} == {storage.patient_key("p1")}
     assert all(r.user_comment_present for r in rows)
 
@@ -238,8 +238,8 @@ def test_unknown_card_is_counted_and_stored_without_patient(storage: Storage) ->
         "msht", [_override("nope", "x", T0), _override("other-service", "x", T0)]
     )
     assert (result.stored, result.duplicates, result.unknown_cards) == (2, 0, 2)
-    with storage.session() as session:
-        assert session.scalars(sa.select(Feedback.patient_key)).all() == [None, None]
+    with storage.transaction() as connection:
+        assert connection.scalars(sa.select(feedback.c.patient_key)).all() == [None, None]
 
 
 def test_latest_override_respects_since_and_reason_codes(storage: Storage) -> None:
@@ -299,7 +299,7 @@ def test_replay_cache_claims(storage: Storage) -> None:
     assert cache.claim("iss", "jti-1", now[0] + 300)  # the old claim expired
     assert not cache.claim("iss", "jti-1", now[0] + 300)
     assert cache.prune() == 1  # other-iss expired
-    assert _count(storage, ReplayClaim) == 1
+    assert _count(storage, jwt_replay) == 1
     with storage.engine.connect() as conn:
         assert "jti-1" not in repr(conn.execute(sa.text("SELECT * FROM jwt_replay")).all())
 
@@ -372,5 +372,5 @@ def test_sqlite_acknowledged_feedback_survives_sigkill(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "1", proc.stderr
     assert proc.returncode == -9
     store = Storage(url, KEY)
-    assert _count(store, Feedback) == 1
+    assert _count(store, feedback) == 1
     store.close()

@@ -2,7 +2,8 @@
 
 Status codes: 200 success; 400 malformed JSON or fields (OperationOutcome); 401 bad or missing
 JWT (one generic body); 404 unknown service; 405 wrong method; 412 data could not be obtained
-(OperationOutcome); 413 body or record too large. Never a 5xx for bad input.
+(OperationOutcome); 408 the body did not arrive within the hook deadline; 413 body or record too
+large. Never a 5xx for bad input.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SCHEMA_REVISION = "0001"
@@ -48,79 +47,75 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class Base(DeclarativeBase):
-    pass
+metadata = sa.MetaData()
+"""The schema. SQLAlchemy Core tables, not ORM classes: the service only inserts rows and runs
+a few selects, and the ORM would cost every worker ~6 MB."""
 
+calls = sa.Table(
+    "calls",  # one hook call, for audit and metrics: who asked, what was answered, how fast
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False, index=True),
+    sa.Column("client", sa.String(255)),
+    sa.Column("hook", sa.String(100), nullable=False),
+    sa.Column("service_id", sa.String(100), nullable=False),
+    sa.Column("hook_instance", sa.String(100), nullable=False),
+    sa.Column("library_version", sa.String(100), nullable=False),
+    sa.Column("patient_key", sa.String(64)),
+    sa.Column("encounter_key", sa.String(64)),
+    sa.Column("card_uuids", sa.JSON, nullable=False),
+    sa.Column("indicator_ids", sa.JSON, nullable=False),
+    sa.Column("concern", sa.String(50)),
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+)
 
-class Call(Base):
-    """One hook call, for audit and metrics: who asked, what was answered, how fast."""
+issued_cards = sa.Table(
+    "issued_cards",  # kept so that later feedback can be tied to its patient and suggestions
+    metadata,
+    sa.Column("uuid", sa.String(64), primary_key=True),
+    sa.Column("service_id", sa.String(100), nullable=False),
+    sa.Column("hook_instance", sa.String(100), nullable=False),
+    sa.Column("patient_key", sa.String(64), index=True),
+    sa.Column("encounter_key", sa.String(64)),
+    sa.Column("indicator_ids", sa.JSON, nullable=False),
+    sa.Column("concern", sa.String(50)),
+    sa.Column("suggestion_uuids", sa.JSON, nullable=False),
+    sa.Column("issued_at", UTCDateTime, nullable=False),
+)
 
-    __tablename__ = "calls"
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    client: Mapped[str | None] = mapped_column(sa.String(255))
-    hook: Mapped[str] = mapped_column(sa.String(100))
-    service_id: Mapped[str] = mapped_column(sa.String(100))
-    hook_instance: Mapped[str] = mapped_column(sa.String(100))
-    library_version: Mapped[str] = mapped_column(sa.String(100))
-    patient_key: Mapped[str | None] = mapped_column(sa.String(64))
-    encounter_key: Mapped[str | None] = mapped_column(sa.String(64))
-    card_uuids: Mapped[list[str]] = mapped_column(sa.JSON)
-    indicator_ids: Mapped[list[str]] = mapped_column(sa.JSON)
-    concern: Mapped[str | None] = mapped_column(sa.String(50))
-    status_code: Mapped[int] = mapped_column(sa.Integer)
-    latency_ms: Mapped[float] = mapped_column(sa.Float)
+feedback = sa.Table(
+    "feedback",  # one outcome; `dedupe_key` makes a re-POSTed body a no-op; no free text kept
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dedupe_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("service_id", sa.String(100), nullable=False),
+    sa.Column("card_uuid", sa.String(64), nullable=False, index=True),
+    sa.Column("patient_key", sa.String(64)),
+    sa.Column("outcome", sa.String(20), nullable=False),
+    sa.Column("accepted_suggestions", sa.JSON, nullable=False),
+    sa.Column("override_code", sa.String(255)),
+    sa.Column("override_system", sa.String(255)),
+    sa.Column("outcome_timestamp", UTCDateTime, nullable=False),
+    sa.Column("user_comment_present", sa.Boolean, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Index("ix_feedback_patient_time", "patient_key", "outcome_timestamp"),
+)
 
+referrals = sa.Table(
+    "referrals",  # accepted for a patient in an encounter ("" = no encounter), first time only
+    metadata,
+    sa.Column("patient_key", sa.String(64), primary_key=True),
+    sa.Column("encounter_key", sa.String(64), primary_key=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+)
 
-class Card(Base):
-    """A card we issued, kept so later feedback can be tied to its patient and suggestions."""
-
-    __tablename__ = "issued_cards"
-    uuid: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    service_id: Mapped[str] = mapped_column(sa.String(100))
-    hook_instance: Mapped[str] = mapped_column(sa.String(100))
-    patient_key: Mapped[str | None] = mapped_column(sa.String(64), index=True)
-    encounter_key: Mapped[str | None] = mapped_column(sa.String(64))
-    indicator_ids: Mapped[list[str]] = mapped_column(sa.JSON)
-    concern: Mapped[str | None] = mapped_column(sa.String(50))
-    suggestion_uuids: Mapped[list[str]] = mapped_column(sa.JSON)
-    issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class Feedback(Base):
-    """One feedback outcome. `dedupe_key` makes a re-POSTed body a no-op; no free text kept."""
-
-    __tablename__ = "feedback"
-    __table_args__ = (sa.Index("ix_feedback_patient_time", "patient_key", "outcome_timestamp"),)
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
-    dedupe_key: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    service_id: Mapped[str] = mapped_column(sa.String(100))
-    card_uuid: Mapped[str] = mapped_column(sa.String(64), index=True)
-    patient_key: Mapped[str | None] = mapped_column(sa.String(64))
-    outcome: Mapped[str] = mapped_column(sa.String(20))
-    accepted_suggestions: Mapped[list[str]] = mapped_column(sa.JSON)
-    override_code: Mapped[str | None] = mapped_column(sa.String(255))
-    override_system: Mapped[str | None] = mapped_column(sa.String(255))
-    outcome_timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
-    user_comment_present: Mapped[bool]
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class Referral(Base):
-    """A referral accepted for a patient in an encounter ("" = no encounter), first time only."""
-
-    __tablename__ = "referrals"
-    patient_key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    encounter_key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class ReplayClaim(Base):
-    """A JWT seen recently. Keyed by a hash of (iss, jti) so length is bounded and no jti leaks."""
-
-    __tablename__ = "jwt_replay"
-    claim_key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    expires_at: Mapped[float] = mapped_column(sa.Float, index=True)
+jwt_replay = sa.Table(
+    "jwt_replay",  # a JWT seen recently, keyed by a hash of (iss, jti): bounded, no jti leaks
+    metadata,
+    sa.Column("claim_key", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
 
 
 @dataclass(frozen=True)
@@ -276,10 +271,10 @@ class Storage:
         return True
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def transaction(self) -> Iterator[sa.Connection]:
         """One transaction, committed (and so durable) when the block exits without error."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield session
+        with self.engine.begin() as connection:
+            yield connection
 
     def _hash(self, kind: str, resource_id: str) -> str:
         """`Patient/123` and `123` hash alike; FHIR ids never contain '/'."""
@@ -293,33 +288,33 @@ class Storage:
     def encounter_key(self, encounter_id: str) -> str:
         return self._hash("Encounter", encounter_id)
 
-    def _insert(self, model: type[Base]) -> Any:
+    def _insert(self, table: sa.Table) -> Any:
         """Dialect insert supporting ON CONFLICT (both SQLite and PostgreSQL have it). Only the
         dialect in use is imported: the other costs every worker a few MB."""
         if self.dialect == "postgresql":
             from sqlalchemy.dialects import postgresql
 
-            return postgresql.insert(model)
+            return postgresql.insert(table)
         from sqlalchemy.dialects import sqlite
 
-        return sqlite.insert(model)
+        return sqlite.insert(table)
 
     def record_call(self, call: CallRecord, cards: Sequence[IssuedCard] = ()) -> None:
         """The audit row and the cards it issued, in one transaction (one commit)."""
-        with self.session() as session:
-            session.add(Call(**call.__dict__))
-            self._add_cards(session, cards)
+        with self.transaction() as connection:
+            connection.execute(calls.insert().values(**call.__dict__))
+            self._add_cards(connection, cards)
 
     def record_cards(self, cards: Sequence[IssuedCard]) -> None:
         if cards:
-            with self.session() as session:
-                self._add_cards(session, cards)
+            with self.transaction() as connection:
+                self._add_cards(connection, cards)
 
-    def _add_cards(self, session: Session, cards: Sequence[IssuedCard]) -> None:
+    def _add_cards(self, connection: sa.Connection, cards: Sequence[IssuedCard]) -> None:
         """Insert-or-ignore: a retried write of the same card uuid is not an error."""
         for card in cards:
-            stmt = self._insert(Card).values(**card.__dict__)
-            session.execute(stmt.on_conflict_do_nothing(index_elements=["uuid"]))
+            stmt = self._insert(issued_cards).values(**card.__dict__)
+            connection.execute(stmt.on_conflict_do_nothing(index_elements=["uuid"]))
 
     def record_feedback(
         self,
@@ -335,13 +330,10 @@ class Storage:
         """
         stored = duplicates = unknown = 0
         now = datetime.now(UTC)
-        with self.session() as session:
+        with self.transaction() as connection:
             uuids = {e.card_uuid for e in entries}
-            cards = {
-                c.uuid: c
-                for c in session.scalars(sa.select(Card).where(Card.uuid.in_(uuids)))
-                if c.service_id == service_id
-            }
+            found = sa.select(issued_cards).where(issued_cards.c.uuid.in_(uuids))
+            cards = {c.uuid: c for c in connection.execute(found) if c.service_id == service_id}
             for entry in entries:
                 card = cards.get(entry.card_uuid)
                 unknown += card is None
@@ -352,16 +344,16 @@ class Storage:
                     "received_at": now,
                     **entry.__dict__,
                 }
-                stmt = self._insert(Feedback).values(**values)
+                stmt = self._insert(feedback).values(**values)
                 stmt = stmt.on_conflict_do_nothing(index_elements=["dedupe_key"])
-                if session.execute(stmt.returning(Feedback.id)).first() is None:
+                if connection.execute(stmt.returning(feedback.c.id)).first() is None:
                     duplicates += 1
                     continue
                 stored += 1
                 accepted = entry.accepted_suggestions if entry.outcome == "accepted" else []
                 if card and card.patient_key and is_referral and any(map(is_referral, accepted)):
                     at = entry.outcome_timestamp
-                    self._add_referral(session, card.patient_key, card.encounter_key, at)
+                    self._add_referral(connection, card.patient_key, card.encounter_key, at)
         return FeedbackResult(stored=stored, duplicates=duplicates, unknown_cards=unknown)
 
     def latest_override(
@@ -371,14 +363,14 @@ class Storage:
         if not reason_codes:
             return None
         stmt = (
-            sa.select(Feedback.override_code, Feedback.outcome_timestamp)
+            sa.select(feedback.c.override_code, feedback.c.outcome_timestamp)
             .where(
-                Feedback.patient_key == patient_key,
-                Feedback.outcome == "overridden",
-                Feedback.override_code.in_(reason_codes),
-                Feedback.outcome_timestamp >= since,
+                feedback.c.patient_key == patient_key,
+                feedback.c.outcome == "overridden",
+                feedback.c.override_code.in_(reason_codes),
+                feedback.c.outcome_timestamp >= since,
             )
-            .order_by(Feedback.outcome_timestamp.desc())
+            .order_by(feedback.c.outcome_timestamp.desc())
             .limit(1)
         )
         with self.engine.connect() as connection:
@@ -388,23 +380,24 @@ class Storage:
         return OverrideMemory(reason_code=row.override_code, at=row.outcome_timestamp)
 
     def _add_referral(
-        self, session: Session, patient_key: str, encounter_key: str | None, at: datetime
+        self, connection: sa.Connection, patient_key: str, encounter_key: str | None, at: datetime
     ) -> None:
-        stmt = self._insert(Referral).values(
+        stmt = self._insert(referrals).values(
             patient_key=patient_key, encounter_key=encounter_key or "", at=at
         )
-        session.execute(
+        connection.execute(
             stmt.on_conflict_do_nothing(index_elements=["patient_key", "encounter_key"])
         )
 
     def record_referral(self, patient_key: str, encounter_key: str | None, at: datetime) -> None:
-        with self.session() as session:
-            self._add_referral(session, patient_key, encounter_key, at)
+        with self.transaction() as connection:
+            self._add_referral(connection, patient_key, encounter_key, at)
 
     def has_referral(self, patient_key: str, encounter_key: str | None) -> bool:
         """Exact match: a referral without an encounter only answers `encounter_key=None`."""
-        stmt = sa.select(Referral.at).where(
-            Referral.patient_key == patient_key, Referral.encounter_key == (encounter_key or "")
+        stmt = sa.select(referrals.c.at).where(
+            referrals.c.patient_key == patient_key,
+            referrals.c.encounter_key == (encounter_key or ""),
         )
         with self.engine.connect() as connection:
             return connection.execute(stmt).first() is not None
@@ -429,14 +422,15 @@ class DatabaseReplayCache:
         now = self._clock()
         key = hashlib.sha256(f"{issuer}\x00{jti}".encode()).hexdigest()
         storage = self._storage
-        stmt = storage._insert(ReplayClaim).values(claim_key=key, expires_at=expires_at)
+        stmt = storage._insert(jwt_replay).values(claim_key=key, expires_at=expires_at)
         stmt = stmt.on_conflict_do_update(
             index_elements=["claim_key"],
             set_={"expires_at": stmt.excluded.expires_at},
-            where=ReplayClaim.expires_at <= now,
+            where=jwt_replay.c.expires_at <= now,
         )
-        with storage.session() as session:
-            claimed = session.execute(stmt.returning(ReplayClaim.claim_key)).first() is not None
+        with storage.transaction() as connection:
+            returned = connection.execute(stmt.returning(jwt_replay.c.claim_key))
+            claimed = returned.first() is not None
         if next(self._claims) % self.PRUNE_EVERY == 1:
             self.prune(now)
         return claimed
@@ -444,6 +438,6 @@ class DatabaseReplayCache:
     def prune(self, now: float | None = None) -> int:
         """Delete expired rows; they are already treated as absent, this only bounds size."""
         cutoff = self._clock() if now is None else now
-        with self._storage.session() as session:
-            stmt = sa.delete(ReplayClaim).where(ReplayClaim.expires_at <= cutoff)
-            return len(session.execute(stmt.returning(ReplayClaim.claim_key)).all())
+        with self._storage.transaction() as connection:
+            stmt = sa.delete(jwt_replay).where(jwt_replay.c.expires_at <= cutoff)
+            return len(connection.execute(stmt.returning(jwt_replay.c.claim_key)).all())
