@@ -8,7 +8,6 @@ orjson and answers {"cards": []}. Served by uvicorn with the same settings as `m
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import orjson
@@ -38,29 +37,16 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument(
-        "--nodelay-fix",
-        action="store_true",
-        help="apply the uvicorn TCP_NODELAY fix (see uvicorn_nodelay.py)",
-    )
     args = parser.parse_args()
-    if args.nodelay_fix:
-        import uvicorn_nodelay  # noqa: F401
-    # As msht_cds.cli.serve: import string (needed for workers > 1), no log config, no proxy
-    # headers; uvicorn's defaults for everything else. If serve adopts the TCP_NODELAY
-    # protocol proposed in docs/performance.md (msht_cds.nodelay), the floor uses it too.
-    http = (
-        "msht_cds.nodelay:NoDelayH11Protocol"
-        if importlib.util.find_spec("msht_cds.nodelay") is not None
-        else "auto"
-    )
+    # As msht_cds.cli.serve: import string (needed for workers > 1), the TCP_NODELAY protocol,
+    # no log config, no proxy headers; uvicorn's defaults for everything else.
     uvicorn.run(
         "floor_app:app",
         app_dir=str(Path(__file__).resolve().parent),
         host=args.host,
         port=args.port,
         workers=args.workers,
-        http=http,
+        http="msht_cds.nodelay:NoDelayH11Protocol",
         log_config=None,
         proxy_headers=False,
     )

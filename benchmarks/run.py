@@ -4,14 +4,16 @@
 
 Starts the real service (`msht-cds serve`, full library, MSHT_CDS_AUTH=off,
 MSHT_CDS_PREVIEW=off, SQLite in a temporary folder) and the floor app (benchmarks/floor_app.py)
-on loopback ports with the same uvicorn settings, then sends `patient-view` calls whose prefetch is a small, a medium and a large real
-Synthea record (dates shifted so the last encounter is today). Phases: 1 client against 1 worker
-each, then 4 concurrent clients against 2 workers each. The two servers are measured in
-alternating slices (never at the same time) so slow drift of a shared machine hits both alike.
+on loopback ports with the same uvicorn settings, then sends `patient-view` calls whose prefetch
+is a small, a medium and a large real Synthea record (dates shifted so the last encounter is
+today). Phases: 1 client against 1 worker each, then 4 concurrent clients against 2 workers
+each. The two servers are measured in alternating slices (never at the same time) so slow
+drift of a shared machine hits both alike.
 
-Prints p50/p99 latency and requests/s for both, the service/floor ratios, the library load time
-and each worker's peak resident memory (VmHWM) as markdown; `--out` also writes JSON. Exit status
-is 0 when every call answered 200, whatever the timings: targets are reported, never enforced.
+Prints p50/p99 latency and requests/s for both, the service/floor ratios, the library load
+time and each worker's idle and peak resident memory (VmRSS, VmHWM) as markdown; `--out` also
+writes JSON. Exit status is 0 when every call answered 200, whatever the timings: targets are
+reported, never enforced.
 """
 
 from __future__ import annotations
@@ -151,14 +153,7 @@ def free_port() -> int:
         return port
 
 
-def msht_cds_command(nodelay_fix: bool = False) -> list[str]:
-    if nodelay_fix:  # the same CLI, with uvicorn's listener fixed first (uvicorn_nodelay.py)
-        return [
-            sys.executable,
-            "-c",
-            f"import sys; sys.path.insert(0, {str(HERE)!r}); "
-            "import uvicorn_nodelay; from msht_cds.cli import app; sys.exit(app())",
-        ]
+def msht_cds_command() -> list[str]:
     script = Path(sys.executable).parent / "msht-cds"
     if script.exists():
         return [str(script)]
@@ -446,9 +441,7 @@ def parse_phases(text: str) -> list[Phase]:
 
 
 @contextlib.contextmanager
-def servers(
-    phase: Phase, tmp: Path, library: Path, cards: Path, nodelay_fix: bool
-) -> Iterator[tuple[Server, Server]]:
+def servers(phase: Phase, tmp: Path, library: Path, cards: Path) -> Iterator[tuple[Server, Server]]:
     folder = tmp / f"c{phase.clients}-w{phase.workers}"
     folder.mkdir()
     service_port, floor_port = free_port(), free_port()
@@ -467,7 +460,7 @@ def servers(
     service = Server(
         "service",
         [
-            *msht_cds_command(nodelay_fix),
+            *msht_cds_command(),
             "serve",
             "--host",
             "127.0.0.1",
@@ -492,7 +485,6 @@ def servers(
             str(floor_port),
             "--workers",
             str(phase.workers),
-            *(["--nodelay-fix"] if nodelay_fix else []),
         ],
         env,
         floor_port,
@@ -536,12 +528,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(SIZES), help="small,medium,large")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up calls per connection")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
-    parser.add_argument(
-        "--nodelay-fix",
-        action="store_true",
-        help="give both servers the fix for uvicorn's multi-worker TCP_NODELAY "
-        "bug (uvicorn_nodelay.py); default: as shipped",
-    )
     parser.add_argument("--library", type=Path, default=REPO / "pathways")
     parser.add_argument("--cards", type=Path, default=REPO / "cards")
     parser.add_argument(
@@ -588,7 +574,6 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "warmup": args.warmup,
             "requests_per_slice": requests_per_slice,
-            "nodelay_fix": args.nodelay_fix,
             "library": str(args.library),
         },
         "library_load": library_load,
@@ -602,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         for phase in phases:
             log(f"phase: {phase.clients} client(s), {phase.workers} worker(s) each")
-            with servers(phase, tmp, args.library, args.cards, args.nodelay_fix) as (
+            with servers(phase, tmp, args.library, args.cards) as (
                 service,
                 floor,
             ):
@@ -791,10 +776,8 @@ def render(results: dict[str, Any]) -> str:
             "alternating slices; latency is per request, client-side, keep-alive."
         )
     lines.append(
-        "uvicorn multi-worker TCP_NODELAY fix applied to both servers (--nodelay-fix)."
-        if settings.get("nodelay_fix")
-        else "uvicorn as shipped (with workers > 1 its listener leaves TCP_NODELAY off: "
-        "~40 ms per keep-alive call; see --nodelay-fix)."
+        "Both servers run uvicorn with msht_cds.nodelay:NoDelayH11Protocol (TCP_NODELAY on "
+        "every connection, also with workers > 1)."
     )
     lines += ["", ROW_HEADER, "|" + "---|" * (ROW_HEADER.count("|") - 1)]
     lines += [format_row(row) for row in results["rows"]]
