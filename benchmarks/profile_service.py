@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import anyio
 
-    from msht_cds import routes
+    from msht_cds import hookcall, routes
     from msht_cds.cdshooks import CdsResponse
     from msht_cds.config import Settings
     from msht_cds.library import evaluate
@@ -153,11 +153,13 @@ def main(argv: list[str] | None = None) -> int:
                 marks.append(gc_timer.total)
                 return time.perf_counter()
 
-            paused = collector_paused()  # as routes.HookCall does, from decode to free
+            paused = collector_paused()  # as hookcall.HookCall does, from decode to free
             paused.__enter__()
             t0 = t()
-            hook_call = routes.HookCall(runtime, knowledge, "msht-patient-view", "patient-view", t0)
-            decoded = routes.decode_json(raw)
+            hook_call = hookcall.HookCall(
+                runtime, knowledge, "msht-patient-view", "patient-view", t0
+            )
+            decoded = hookcall.decode_json(raw)
             t1 = mark()
             request, state = prepare(knowledge, decoded, "patient-view")
             t2 = mark()
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             t10 = mark()
             paused.__exit__(None, None, None)
             for name, a, b in (
-                ("decode (routes.decode_json)", t0, t1),
+                ("decode (hookcall.decode_json)", t0, t1),
                 ("prepare (parse + read_prefetch)", t1, t2),
                 ("history read (SQLite)", t2, t3),
                 ("PatientRecord.build", t3, t4),

@@ -12,44 +12,30 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .auth import VerifiedClient, bearer_token
-from .cards import ALREADY_REFERRED, referral_suggestion_uuid
-from .cdshooks import Discovery, HookRequest, ServiceDescription, parse_feedback
+from .cards import referral_suggestion_uuid
+from .cdshooks import Discovery, ServiceDescription, parse_feedback
 from .config import is_loopback_host
 from .errors import (
     AuthError,
-    BadRequestError,
     FhirServerError,
     PayloadTooLargeError,
     RequestError,
     RequestTimeoutError,
 )
+from .hookcall import Answered, HookCall, decode_json
 from .logs import get_logger
 from .pages import render_pathway_page
-from .prefetch import PrefetchState
-from .runtime import Runtime, collector_paused
-from .service import (
-    HOOK_BY_SERVICE,
-    SERVICE_IDS,
-    CallSettings,
-    Decision,
-    History,
-    Knowledge,
-    complete_prefetch,
-    decide,
-    prefetch_complete,
-    prepare,
-)
-from .storage import CallRecord, FeedbackEntry, IssuedCard
+from .runtime import Runtime
+from .service import HOOK_BY_SERVICE, SERVICE_IDS, complete_prefetch
+from .storage import FeedbackEntry
 
 router = APIRouter()
 log = get_logger("msht_cds.http")
@@ -127,14 +113,6 @@ async def read_body(request: Request, limit: int, deadline: float | None = None)
     except TimeoutError:
         raise RequestTimeoutError(f"the body did not arrive within {deadline} s") from None
     return body
-
-
-def decode_json(raw: bytes | bytearray) -> Any:
-    with collector_paused():
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequestError(f"the body is not valid JSON ({exc.msg})", "structure") from exc
 
 
 async def authenticate(request: Request, runtime: Runtime, path: str) -> VerifiedClient | None:
@@ -262,138 +240,6 @@ async def call_service(service_id: str, request: Request) -> Response:
         cards=len(answered.card_indicators) if answered else 0,
     )
     return response
-
-
-AuditRows = tuple[CallRecord, list[IssuedCard]]
-
-
-@dataclass(frozen=True)
-class Answered:
-    """What an evaluated call leaves once its record is freed: the response body, the audit
-    rows and what metrics count."""
-
-    body: bytes
-    audit: AuditRows
-    latency: float
-    card_indicators: list[str]
-    concern: str | None
-
-
-@dataclass
-class HookCall:
-    """One hook call's work off the event loop: decode, read prefetch, evaluate, render."""
-
-    runtime: Runtime
-    knowledge: Knowledge
-    service_id: str
-    hook: str
-    started: float
-    client: VerifiedClient | None = None
-
-    def start(self, raw: bytearray) -> Answered | tuple[HookRequest, PrefetchState]:
-        """The whole call when prefetch is complete (the usual case): the decoded request is
-        freed before returning. Otherwise what is needed to fetch the rest."""
-        with collector_paused():
-            decoded = decode_json(raw)
-            raw.clear()  # the tree replaces the bytes: hold one of them, not both
-            hook_request, state = prepare(self.knowledge, decoded, self.hook)
-            del decoded
-            if not prefetch_complete(state):
-                return hook_request, state
-            try:
-                return self.finish(hook_request, state)
-            finally:
-                del hook_request, state
-
-    def finish(self, hook_request: HookRequest, state: PrefetchState) -> Answered:
-        with collector_paused():
-            settings = self.runtime.settings
-            if len(state.resources) > settings.max_resources:
-                raise PayloadTooLargeError(
-                    "the record has more resources than this service accepts"
-                )
-            history = self.history(hook_request)
-            call_settings = CallSettings(
-                settings.nation, settings.locality, settings.public_base_url
-            )
-            today = dt.datetime.now(dt.UTC).date()
-            decision = decide(self.knowledge, hook_request, state, call_settings, today, history)
-            body = decision.response.model_dump_json(exclude_none=True).encode()
-            latency = time.perf_counter() - self.started
-            cards = decision.response.cards
-            concern = decision.assessment.concern if decision.assessment else None
-            return Answered(
-                body,
-                self.audit_rows(200, latency, decision),
-                latency,
-                [card.indicator for card in cards],
-                concern,
-            )
-
-    def history(self, request: HookRequest) -> History:
-        storage = self.runtime.storage
-        patient_key = storage.patient_key(request.patient_id)
-        memory = self.runtime.settings.override_memory_days
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(days=memory)
-        earlier = storage.latest_override(patient_key, {ALREADY_REFERRED}, since)
-        referral = False
-        if request.hook == "encounter-discharge":
-            encounter_key = (
-                storage.encounter_key(request.encounter_id) if request.encounter_id else None
-            )
-            referral = storage.has_referral(patient_key, encounter_key)
-        return History(earlier.at if earlier else None, referral)
-
-    def audit_rows(
-        self, status: int, latency: float, decision: Decision | None = None
-    ) -> AuditRows:
-        """Audit row and issued cards; no clinical text, no tokens, patient only as a keyed
-        hash."""
-        storage = self.runtime.storage
-        now = dt.datetime.now(dt.UTC)
-        cards = decision.response.cards if decision else []
-        patient_key = encounter_key = None
-        indicator_ids: list[str] = []
-        concern = None
-        if decision is not None:
-            patient_key = storage.patient_key(decision.request.patient_id)
-            if decision.request.encounter_id:
-                encounter_key = storage.encounter_key(decision.request.encounter_id)
-            if decision.assessment is not None and cards:
-                indicator_ids = [r.indicator.id for r in decision.assessment.counted]
-                concern = decision.assessment.concern
-        hook_instance = decision.request.hook_instance if decision else ""
-        call = CallRecord(
-            at=now,
-            client=self.client.issuer if self.client else None,
-            hook=self.hook,
-            service_id=self.service_id,
-            hook_instance=hook_instance,
-            library_version=self.knowledge.version,
-            patient_key=patient_key,
-            encounter_key=encounter_key,
-            card_uuids=[c.uuid for c in cards],
-            indicator_ids=indicator_ids,
-            concern=concern,
-            status_code=status,
-            latency_ms=latency * 1000,
-        )
-        issued = [
-            IssuedCard(
-                uuid=card.uuid,
-                service_id=self.service_id,
-                hook_instance=hook_instance,
-                patient_key=patient_key,
-                indicator_ids=indicator_ids,
-                concern=concern or "",
-                suggestion_uuids=[s.uuid for s in card.suggestions or []],
-                issued_at=now,
-                encounter_key=encounter_key,
-            )
-            for card in cards
-            if patient_key is not None
-        ]
-        return call, issued
 
 
 @router.get("/cds-services/{service_id}", include_in_schema=False)
