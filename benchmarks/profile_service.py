@@ -2,13 +2,13 @@
 
     python benchmarks/profile_service.py [--sizes medium,large] [--repeat 15] [--cprofile]
 
-Runs the same steps as `routes.call_service` (decode, prepare, history read, PatientRecord.build,
-assess, card, response JSON, audit writes to SQLite, the log line) on the benchmark's records,
-and times each one (median of --repeat). Selectors are timed one by one (the first computation
-per request; later uses hit the per-request cache). The cost of one hop to the thread pool
-(`anyio.to_thread.run_sync`, 2 per call) is measured on its own. `--cprofile` adds the top
-functions of a cProfile run of decide() and of the whole path. Nothing here goes over HTTP;
-run.py measures that.
+Runs the same steps as `hookcall.HookCall` (decode, prepare, PatientRecord.build, assess, the
+history read when a card is built, card, response JSON, audit write to SQLite, the log line) on
+the benchmark's records, and times each one (median of --repeat). Selectors are timed one by
+one (the first computation per request; later uses hit the per-request cache). The cost of one
+hop to the thread pool (`anyio.to_thread.run_sync`, 2 per call) is measured on its own.
+`--cprofile` adds the top functions of a cProfile run of decide() and of the whole path.
+Nothing here goes over HTTP; run.py measures that.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from msht_cds.service import (
         CallSettings,
         Decision,
+        History,
         _card_for_hook,
         decide,
         load_knowledge,
@@ -163,22 +164,23 @@ def main(argv: list[str] | None = None) -> int:
             t1 = mark()
             request, state = prepare(knowledge, decoded, "patient-view")
             t2 = mark()
-            history = hook_call.history(request)
-            t3 = mark()
             built = PatientRecord.build(
                 request.patient_id,
                 state.resources,
                 encounter_id=request.encounter_id,
                 full_urls=state.full_urls,
             )
-            t4 = mark()
+            t3 = mark()
             evaluate.CompiledSelector.facts = timed_facts  # type: ignore[method-assign]
             try:
                 assessment = assess(knowledge.library, built, today)
             finally:
                 evaluate.CompiledSelector.facts = original_facts  # type: ignore[method-assign]
+            t4 = mark()
+            # As the service does: the history is read only when a card is to be built.
+            history = hook_call.history(request) if assessment.concern else History()
             t5 = mark()
-            card = _card_for_hook(knowledge, request, built, assessment, call, history)
+            card = _card_for_hook(knowledge, request, built, assessment, call, lambda h=history: h)
             t6 = mark()
             response = CdsResponse(cards=[card] if card else [])
             payload = response.model_dump_json(exclude_none=True)
@@ -204,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, a, b in (
                 ("decode (hookcall.decode_json)", t0, t1),
                 ("prepare (parse + read_prefetch)", t1, t2),
-                ("history read (SQLite)", t2, t3),
-                ("PatientRecord.build", t3, t4),
-                ("assess (all indicators)", t4, t5),
+                ("PatientRecord.build", t2, t3),
+                ("assess (all indicators)", t3, t4),
+                ("history read (SQLite; only when a card is built)", t4, t5),
                 ("card (referral + Jinja)", t5, t6),
                 ("response JSON", t6, t7),
                 ("audit writes (SQLite commit)", t7, t8),

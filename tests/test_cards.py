@@ -30,7 +30,14 @@ from msht_cds.cdshooks import parse_hook_request
 from msht_cds.errors import LibraryLoadError
 from msht_cds.fhir import validate_r4
 from msht_cds.prefetch import PrefetchState
-from msht_cds.service import CallSettings, History, Knowledge, decide, load_knowledge
+from msht_cds.service import (
+    CallSettings,
+    History,
+    HistoryLookup,
+    Knowledge,
+    decide,
+    load_knowledge,
+)
 
 from .support import ROOT
 
@@ -152,7 +159,7 @@ def call(
     locality: str | None = None,
     hook: str = "encounter-start",
     draft_orders: list[dict[str, Any]] | None = None,
-    history: History | None = None,
+    history: History | HistoryLookup | None = None,
 ) -> list[dict[str, Any]]:
     """The service's own decision path (`decide`), minus HTTP; returns the cards as JSON."""
     context: dict[str, Any] = {"userId": "Practitioner/clinician-1", "patientId": PATIENT}
@@ -189,6 +196,20 @@ def normalised(card: dict[str, Any]) -> dict[str, Any]:
     """Cards and suggestions carry fresh UUIDs; everything else must be reproducible."""
     text = UUID.sub("<uuid>", json.dumps(card, ensure_ascii=False))
     return dict(json.loads(text))
+
+
+def test_the_history_is_read_only_when_a_card_is_built(knowledge: Knowledge) -> None:
+    """Most calls build no card; they skip the database read of earlier feedback."""
+    reads: list[str] = []
+
+    def lookup() -> History:
+        reads.append("read")
+        return History()
+
+    assert call(knowledge, [patient(), encounter()], history=lookup) == []
+    assert reads == []
+    assert len(call(knowledge, record_for_form("sexual"), history=lookup)) == 1
+    assert reads == ["read"]
 
 
 # --------------------------------------------------------------------------- snapshots

@@ -81,12 +81,18 @@ class HookCall:
                 raise PayloadTooLargeError(
                     "the record has more resources than this service accepts"
                 )
-            history = self.history(hook_request)
             call_settings = CallSettings(
                 settings.nation, settings.locality, settings.public_base_url
             )
             today = dt.datetime.now(dt.UTC).date()
-            decision = decide(self.knowledge, hook_request, state, call_settings, today, history)
+            decision = decide(
+                self.knowledge,
+                hook_request,
+                state,
+                call_settings,
+                today,
+                lambda: self.history(hook_request),
+            )
             body = decision.response.model_dump_json(exclude_none=True).encode()
             latency = time.perf_counter() - self.started
             cards = decision.response.cards

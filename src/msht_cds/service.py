@@ -6,6 +6,7 @@ Used by the HTTP routes and by `msht-cds evaluate`, so both give the same answer
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,10 @@ class History:
     referral_recorded_for_encounter: bool = False
 
 
+HistoryLookup = Callable[[], History]
+"""Reads the history when a card is about to be built: most calls build none, and skip it."""
+
+
 def prepare(knowledge: Knowledge, body: object, hook: str) -> tuple[HookRequest, PrefetchState]:
     request = parse_hook_request(body, hook)
     return request, read_prefetch(request, knowledge.plan.templates(hook))
@@ -114,7 +119,7 @@ def decide(
     state: PrefetchState,
     settings: CallSettings,
     today: dt.date,
-    history: History = History(),
+    history: History | HistoryLookup = History(),
     explain: bool = False,
 ) -> Decision:
     """Pure function of the inputs: the same context gives the same guidance."""
@@ -131,7 +136,8 @@ def decide(
     if record.patient is None:
         raise PrefetchError("no Patient resource with id context.patientId was provided")
     assessment = assess(knowledge.library, record, today, explain=explain)
-    card = _card_for_hook(knowledge, request, record, assessment, settings, history)
+    lookup = history if callable(history) else lambda: history
+    card = _card_for_hook(knowledge, request, record, assessment, settings, lookup)
     return Decision(request, CdsResponse(cards=[card] if card else []), assessment, record)
 
 
@@ -141,10 +147,11 @@ def _card_for_hook(
     record: PatientRecord,
     assessment: Assessment,
     settings: CallSettings,
-    history: History,
+    read_history: HistoryLookup,
 ) -> Card | None:
     if assessment.concern is None:
         return None
+    history = read_history()
     library = knowledge.library
     overlay = select_overlay(library, settings.locality, record)
     plan = plan_referral(library, settings.nation, overlay, assessment)
@@ -190,6 +197,7 @@ __all__ = [
     "CallSettings",
     "Decision",
     "History",
+    "HistoryLookup",
     "Knowledge",
     "complete_prefetch",
     "decide",
