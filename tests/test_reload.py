@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,9 @@ from .servers import (
     SERVICE,
     LiveApp,
     ServeProcess,
+    clean_env,
+    console_script,
+    free_port,
     full_request,
     library_root,
     serve_app,
@@ -276,3 +280,36 @@ def test_sighup_reloads_without_stopping(tmp_path: Path, library: Path) -> None:
             time.sleep(0.2)
         assert server.process.poll() is None, "SIGHUP must not stop the server"
         assert last != first, "SIGHUP must reload the library"
+
+
+def test_serve_refuses_a_library_with_errors_before_touching_the_database(
+    tmp_path: Path, library: Path
+) -> None:
+    """`msht-cds serve` checks the library (and upgrades the schema) in a process of its own
+    before any worker starts: a broken edit stops it with the file and line, and no database
+    is created."""
+    broken = indicator_file(library)
+    broken.write_text(
+        broken.read_text(encoding="utf-8").replace("strength: moderate", "strength: massive", 1),
+        encoding="utf-8",
+    )
+    database = tmp_path / "serve.db"
+    env = clean_env(
+        MSHT_CDS_AUTH="off",
+        MSHT_CDS_DATABASE_URL=f"sqlite:///{database}",
+        MSHT_CDS_LIBRARY_DIR=str(library / "pathways"),
+        MSHT_CDS_CARDS_DIR=str(library / "cards"),
+    )
+    result = subprocess.run(
+        [*console_script(), "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    message = result.stderr.decode()
+    assert result.returncode == 1, message
+    assert "refusing to start: the library has errors" in message
+    assert f"{broken.name}:" in message
+    assert "massive" in message or "strength" in message
+    assert not database.exists()
