@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import copy
 import io
+import random
 import shutil
 import subprocess
 import sys
@@ -48,7 +49,9 @@ from msht_cds.errors import (
     LibraryLoadError,
 )
 from msht_cds.fhir import FhirLimits, FhirReader
+from msht_cds.library.assess import assess
 from msht_cds.library.loader import Library, load_library
+from msht_cds.record import PatientRecord
 from msht_cds.service import SERVICE_IDS
 
 from .servers import (
@@ -518,3 +521,57 @@ def test_fhir_base_checks_fail_only_with_fhir_server_error(base: str) -> None:
 def test_hook_request_parsing_fails_only_with_bad_request(body: Any, hook: str) -> None:
     with contextlib.suppress(BadRequestError):
         assert isinstance(parse_hook_request(copy.deepcopy(body), hook), HookRequest)
+
+
+# --------------------------------------------------------------------------- record shapes
+
+WRONG_SHAPES: list[Any] = [5, "x", {}, [], None, True, [5], ["x"], [{}], {"a": 1}]
+
+
+def _json_paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    for key, value in items:
+        yield (*prefix, key)
+        yield from _json_paths(value, (*prefix, key))
+
+
+def _replaced(resource: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
+    copied = copy.deepcopy(resource)
+    node: Any = copied
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return copied
+
+
+def test_wrongly_shaped_record_values_never_crash_the_assessment() -> None:
+    """Every element of every resource in every rule case, replaced in turn by a value of the
+    wrong shape (a number where an array is expected, a list where a date is expected...):
+    the assessment still completes. Such a value reads as absent; it never becomes a 500."""
+    library = load_library(library_root() / "pathways")
+    chooser = random.Random(20261129)
+    tried = 0
+    for located in library.case_files:
+        for case in located.model.cases:
+            patient = next((r for r in case.resources if r.get("resourceType") == "Patient"), {})
+            for position, resource in enumerate(case.resources):
+                for path in _json_paths(resource):
+                    if path[-1] in ("resourceType", "id"):
+                        continue
+                    resources = list(case.resources)
+                    resources[position] = _replaced(resource, path, chooser.choice(WRONG_SHAPES))
+                    record = PatientRecord.build(
+                        str(patient.get("id")),
+                        resources,
+                        encounter_id=case.encounter,
+                        draft_orders=case.draft_orders,
+                    )
+                    assess(library, record, case.today, explain=True)
+                    tried += 1
+    assert tried > 5000

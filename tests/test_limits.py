@@ -255,6 +255,31 @@ def test_a_resource_type_that_is_not_a_string_is_not_a_500(
     assert response.status_code in {200, 400, 412}, response.text
 
 
+@pytest.mark.parametrize(
+    ("key", "path", "value"),
+    [
+        ("encounters", ("entry",), 5),
+        ("encounters", ("link",), {"relation": "next"}),
+        ("encounter", ("participant",), 5),
+        ("encounter", ("participant", 0, "type", 0, "coding"), 5),
+        ("encounters", ("entry", 2, "resource", "participant", 0, "type"), {"coding": []}),
+        ("encounters", ("entry", 0, "resource", "period", "start"), ["2026-01-01"]),
+    ],
+)
+def test_wrongly_shaped_prefetch_values_are_answered_not_a_500(
+    live: LiveApp, http: httpx.Client, key: str, path: tuple[Any, ...], value: Any
+) -> None:
+    """A value of the wrong shape reads as absent; the rest of the record is assessed."""
+    body = body_for(live)
+    node = body["prefetch"][key]
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    response = http.post(live.service_url(), json=body)
+    assert response.status_code == 200, response.text
+    assert "cards" in response.json()
+
+
 def test_wrong_hook_for_the_service_is_400(live: LiveApp, http: httpx.Client) -> None:
     body = body_for(live)
     response = http.post(live.service_url("msht-patient-view"), json=body)

@@ -11,7 +11,7 @@ from typing import Any
 
 from .cdshooks import HOOKS, HookRequest
 from .library.loader import Library
-from .record import Resource, resources_from_value
+from .record import Resource, array, resources_from_value
 
 _ALWAYS = ("Patient", "Encounter", "RelatedPerson")
 _ENCOUNTER_HOOKS = ("encounter-start", "encounter-discharge")
@@ -100,7 +100,7 @@ def read_prefetch(request: HookRequest, templates: dict[str, str]) -> PrefetchSt
         outcomes = state.add(value)
         if outcomes:
             state.failed.append(key)
-        for link in value.get("link") or ():
+        for link in array(value.get("link")):
             if (
                 isinstance(link, dict)
                 and link.get("relation") == "next"

@@ -124,13 +124,19 @@ def concept_readers(resource_type: str, path: str | None = None) -> tuple[PathRe
     return _CONCEPT_READERS.get(resource_type, _DEFAULT_CONCEPT_READERS)
 
 
+def array(value: object) -> list[Any]:
+    """A FHIR JSON array, or nothing: a wrongly shaped value reads as absent, never as a
+    crash (the rest of the record is still assessed)."""
+    return value if isinstance(value, list) else []
+
+
 def codings(resource: Resource, path: str | None = None) -> Iterator[tuple[str, str]]:
     """(system, code) pairs of a resource's main coded element(s), or of `path`."""
     for read in concept_readers(resource.get("resourceType", ""), path):
         for concept in read(resource):
             if isinstance(concept, dict):
                 if "coding" in concept:
-                    for coding in concept["coding"] or ():
+                    for coding in array(concept["coding"]):
                         if isinstance(coding, dict):
                             yield (str(coding.get("system", "")), str(coding.get("code", "")))
                 elif "code" in concept:  # a bare Coding such as Encounter.class
@@ -301,7 +307,7 @@ def resources_from_value(value: object) -> tuple[list[Resource], dict[int, str],
     if not isinstance(value, dict):
         return resources, full_urls, outcomes
     if value.get("resourceType") == "Bundle":
-        for entry in value.get("entry") or ():
+        for entry in array(value.get("entry")):
             if not isinstance(entry, dict):
                 continue
             resource = entry.get("resource")

@@ -16,6 +16,7 @@ from ..record import (
     PatientRecord,
     Resource,
     age_in_years,
+    array,
     codings,
     concept_readers,
     path_reader,
@@ -64,7 +65,7 @@ class Evaluation:
     coding_sets: dict[tuple[int, str | None], frozenset[tuple[str, str]]] = field(
         default_factory=dict
     )
-    code_indexes: dict[tuple[str, bool, str | None], CodeIndex | None] = field(default_factory=dict)
+    code_indexes: dict[tuple[str, bool, str | None], CodeIndex] = field(default_factory=dict)
     text_matches: dict[tuple[str, str], bool] = field(default_factory=dict)
     text_indexes: dict[tuple[str, bool, tuple[str, ...]], dict[str, list[int]]] = field(
         default_factory=dict
@@ -232,12 +233,13 @@ def _answers(items: list[Any], link_id: str) -> Iterator[Any]:
     for item in items:
         if not isinstance(item, dict):
             continue
+        answers = array(item.get("answer"))
         if item.get("linkId") == link_id:
-            yield from item.get("answer") or ()
-        yield from _answers(item.get("item") or [], link_id)
-        for answer in item.get("answer") or ():
+            yield from answers
+        yield from _answers(array(item.get("item")), link_id)
+        for answer in answers:
             if isinstance(answer, dict):
-                yield from _answers(answer.get("item") or [], link_id)
+                yield from _answers(array(answer.get("item")), link_id)
 
 
 def _answered(resource: Resource, questionnaire: str) -> bool:
@@ -248,16 +250,16 @@ def _answered(resource: Resource, questionnaire: str) -> bool:
 def _leaf_items(items: list[Any]) -> Iterator[dict[str, Any]]:
     for item in items:
         if isinstance(item, dict):
-            if item.get("answer"):
+            if array(item.get("answer")):
                 yield item
-            yield from _leaf_items(item.get("item") or [])
+            yield from _leaf_items(array(item.get("item")))
 
 
 def screening_score(resource: Resource) -> int:
     """Number of items answered `yes` (valueBoolean true) in a screening response."""
     return sum(
         1
-        for item in _leaf_items(resource.get("item") or [])
+        for item in _leaf_items(array(resource.get("item")))
         if any(isinstance(a, dict) and a.get("valueBoolean") is True for a in item["answer"])
     )
 
@@ -265,7 +267,7 @@ def screening_score(resource: Resource) -> int:
 def question_matches(resource: Resource, question: QuestionTest) -> bool:
     if not _answered(resource, question.questionnaire):
         return False
-    for answer in _answers(resource.get("item") or [], question.link_id):
+    for answer in _answers(array(resource.get("item")), question.link_id):
         if not isinstance(answer, dict):
             continue
         if question.answer is True and answer.get("valueBoolean") is True:
@@ -309,11 +311,13 @@ class CompiledSelector:
         earliest = ev.visit_date - dt.timedelta(days=spec.within_days) if spec.within_days else None
         per_fact_key = spec.resource == "Patient" or spec.current_encounter or spec.escort
         candidates = self._candidates(ev)
-        coded = self._coded_candidates(ev, candidates) if self.codes is not None else None
-        if coded is None and self.text_filter is not None and not per_fact_key:
-            coded = self._text_candidates(ev, candidates, self.text_filter)
-        for resource in candidates if coded is None else coded:
-            if self.codes is not None and coded is None and not self._coded(ev, resource):
+        narrowed: list[Resource] | None = None
+        if self.codes is not None:
+            narrowed = self._coded_candidates(ev, candidates)
+        elif self.text_filter is not None and not per_fact_key:
+            narrowed = self._text_candidates(ev, candidates, self.text_filter)
+        for resource in candidates if narrowed is None else narrowed:
+            if self.codes is not None and narrowed is None and not self._coded(ev, resource):
                 continue
             if not all(test(resource, ev) for test in self.tests):
                 continue
@@ -354,18 +358,15 @@ class CompiledSelector:
     ) -> list[Resource] | None:
         """The candidates with a code in the value set, in record order, from an index of the
         record's codes built once per request for each resource type and element; None (test
-        resource by resource) for the few-candidate selectors, or when some resource's codings
-        cannot be read, so that malformed data fails exactly where it did."""
+        resource by resource) for the few-candidate selectors."""
         assert self.codes is not None
         spec = self.spec
         if spec.resource == "Patient" or spec.current_encounter or spec.escort:
             return None
         key = (spec.resource, _with_drafts(spec, ev), spec.code_path)
-        if key not in ev.code_indexes:
-            ev.code_indexes[key] = _code_index(candidates, spec.code_path)
-        index = ev.code_indexes[key]
+        index = ev.code_indexes.get(key)
         if index is None:
-            return None
+            index = ev.code_indexes[key] = _code_index(candidates, spec.code_path)
         codes = self.codes
         hits = {p for code, found in index.items() if codes.contains(code) for p in found}
         return [candidates[p] for p in sorted(hits)]
@@ -374,7 +375,8 @@ class CompiledSelector:
         self, ev: Evaluation, candidates: list[Resource], text: TextFilter
     ) -> list[Resource]:
         """The candidates with a text that `text` matches, in record order; the other tests
-        still run on each of them."""
+        still run on each of them. Used only by selectors without `codes:`, whose value set
+        check comes first."""
         spec = self.spec
         key = (spec.resource, _with_drafts(spec, ev), text.paths)
         index = ev.text_indexes.get(key)
@@ -393,11 +395,7 @@ class CompiledSelector:
         key = (id(resource), self.spec.code_path)
         found = ev.coding_sets.get(key)
         if found is None:
-            try:
-                found = frozenset(codings(resource, self.spec.code_path))
-            except Exception:  # malformed data: the lazy test, failing (or not) as it would
-                return self.codes.matches(codings(resource, self.spec.code_path))
-            ev.coding_sets[key] = found
+            found = ev.coding_sets[key] = frozenset(codings(resource, self.spec.code_path))
         return self.codes.matches(found)
 
 
@@ -419,27 +417,24 @@ def _with_drafts(spec: Evidence, ev: Evaluation) -> bool:
     return spec.include_draft_orders and bool(ev.record.draft_orders)
 
 
-def _code_index(candidates: list[Resource], code_path: str | None) -> CodeIndex | None:
-    """(system, code) → positions in `candidates`; None if some codings cannot be read.
-    The same pairs as `codings`, read in one loop: this runs on every resource of a type."""
+def _code_index(candidates: list[Resource], code_path: str | None) -> CodeIndex:
+    """(system, code) → positions in `candidates`: the same pairs as `codings`, read in one
+    loop, since this runs on every resource of a type."""
     index: CodeIndex = {}
     readers = concept_readers(candidates[0]["resourceType"] if candidates else "", code_path)
-    try:
-        for position, resource in enumerate(candidates):
-            for read in readers:
-                for concept in read(resource):
-                    if not isinstance(concept, dict):
-                        continue
-                    if "coding" in concept:
-                        for coding in concept["coding"] or ():
-                            if isinstance(coding, dict):
-                                code = (str(coding.get("system", "")), str(coding.get("code", "")))
-                                index.setdefault(code, []).append(position)
-                    elif "code" in concept:
-                        code = (str(concept.get("system", "")), str(concept.get("code", "")))
-                        index.setdefault(code, []).append(position)
-    except Exception:
-        return None
+    for position, resource in enumerate(candidates):
+        for read in readers:
+            for concept in read(resource):
+                if not isinstance(concept, dict):
+                    continue
+                if "coding" in concept:
+                    for coding in array(concept["coding"]):
+                        if isinstance(coding, dict):
+                            code = (str(coding.get("system", "")), str(coding.get("code", "")))
+                            index.setdefault(code, []).append(position)
+                elif "code" in concept:
+                    code = (str(concept.get("system", "")), str(concept.get("code", "")))
+                    index.setdefault(code, []).append(position)
     return index
 
 
@@ -447,10 +442,10 @@ def _escorts(record: PatientRecord) -> Iterator[Resource]:
     encounter = record.encounter
     if encounter is None:
         return
-    for participant in encounter.get("participant") or ():
+    for participant in array(encounter.get("participant")):
         if not isinstance(participant, dict):
             continue
-        types = {c for t in participant.get("type") or () for c in codings({"t": t}, "t")}
+        types = {c for t in array(participant.get("type")) for c in codings({"t": t}, "t")}
         if not any(code == "ESC" for _, code in types):
             continue
         person = record.resolve(participant.get("individual"))

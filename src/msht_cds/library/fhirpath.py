@@ -59,9 +59,21 @@ def check_syntax(expression: str) -> None:
 
 
 def compile_strict(expression: str) -> CompiledPath:
+    """Parse strictly, compile once. On a resource whose data the expression cannot work with
+    (a date that is a list, a Quantity without a system...), fhirpathpy raises plain
+    exceptions: such a resource does not satisfy the expression, which gives no result."""
     check_syntax(expression)
     compiled: CompiledPath = fhirpath_compile(expression, _r4_model())
-    return compiled
+
+    def evaluate(resource: Any, variables: dict[str, Any]) -> list[Any]:
+        try:
+            return compiled(resource, variables)
+        except RecursionError:
+            raise
+        except Exception:  # fhirpathpy signals type errors with bare Exception
+            return []
+
+    return evaluate
 
 
 def truthy(result: list[Any]) -> bool:
