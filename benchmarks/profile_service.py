@@ -154,55 +154,55 @@ def main(argv: list[str] | None = None) -> int:
                 marks.append(gc_timer.total)
                 return time.perf_counter()
 
-            paused = collector_paused()  # as hookcall.HookCall does, from decode to free
-            paused.__enter__()
-            t0 = t()
-            hook_call = hookcall.HookCall(
-                runtime, knowledge, "msht-patient-view", "patient-view", t0
-            )
-            decoded = hookcall.decode_json(raw)
-            t1 = mark()
-            request, state = prepare(knowledge, decoded, "patient-view")
-            t2 = mark()
-            built = PatientRecord.build(
-                request.patient_id,
-                state.resources,
-                encounter_id=request.encounter_id,
-                full_urls=state.full_urls,
-            )
-            t3 = mark()
-            evaluate.CompiledSelector.facts = timed_facts  # type: ignore[method-assign]
-            try:
-                assessment = assess(knowledge.library, built, today)
-            finally:
-                evaluate.CompiledSelector.facts = original_facts  # type: ignore[method-assign]
-            t4 = mark()
-            # As the service does: the history is read only when a card is to be built.
-            history = hook_call.history(request) if assessment.concern else History()
-            t5 = mark()
-            card = _card_for_hook(knowledge, request, built, assessment, call, lambda h=history: h)
-            t6 = mark()
-            response = CdsResponse(cards=[card] if card else [])
-            payload = response.model_dump_json(exclude_none=True)
-            t7 = mark()
-            decision = Decision(request, response, assessment, built)
-            runtime.storage.record_call(*hook_call.audit_rows(200, t7 - t0, decision))
-            t8 = mark()
-            routes.log.info(
-                "hook_call",
-                request_id="x",
-                hook="patient-view",
-                service="msht-patient-view",
-                status=200,
-                library_version=knowledge.version,
-                latency_ms=1.0,
-                cards=0,
-            )
-            t9 = mark()
-            summary = (len(payload), len(assessment.counted), card is not None)
-            del decoded, request, state, built, assessment, card, response, decision
-            t10 = mark()
-            paused.__exit__(None, None, None)
+            with collector_paused():  # as hookcall.HookCall does, from decode to free
+                t0 = t()
+                hook_call = hookcall.HookCall(
+                    runtime, knowledge, "msht-patient-view", "patient-view", t0
+                )
+                decoded = hookcall.decode_json(raw)
+                t1 = mark()
+                request, state = prepare(knowledge, decoded, "patient-view")
+                t2 = mark()
+                built = PatientRecord.build(
+                    request.patient_id,
+                    state.resources,
+                    encounter_id=request.encounter_id,
+                    full_urls=state.full_urls,
+                )
+                t3 = mark()
+                evaluate.CompiledSelector.facts = timed_facts  # type: ignore[method-assign]
+                try:
+                    assessment = assess(knowledge.library, built, today)
+                finally:
+                    evaluate.CompiledSelector.facts = original_facts  # type: ignore[method-assign]
+                t4 = mark()
+                # As the service does: the history is read only when a card is to be built.
+                history = hook_call.history(request) if assessment.concern else History()
+                t5 = mark()
+                card = _card_for_hook(
+                    knowledge, request, built, assessment, call, lambda h=history: h
+                )
+                t6 = mark()
+                response = CdsResponse(cards=[card] if card else [])
+                payload = response.model_dump_json(exclude_none=True)
+                t7 = mark()
+                decision = Decision(request, response, assessment, built)
+                runtime.storage.record_call(*hook_call.audit_rows(200, t7 - t0, decision))
+                t8 = mark()
+                routes.log.info(
+                    "hook_call",
+                    request_id="x",
+                    hook="patient-view",
+                    service="msht-patient-view",
+                    status=200,
+                    library_version=knowledge.version,
+                    latency_ms=1.0,
+                    cards=0,
+                )
+                t9 = mark()
+                summary = (len(payload), len(assessment.counted), card is not None)
+                del decoded, request, state, built, assessment, card, response, decision
+                t10 = mark()
             for name, a, b in (
                 ("decode (hookcall.decode_json)", t0, t1),
                 ("prepare (parse + read_prefetch)", t1, t2),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import gzip
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -150,6 +151,27 @@ def test_a_body_that_stops_arriving_gets_408_and_frees_the_worker(
     body = assert_outcome(response, 408)
     assert body["issue"][0]["code"] == "timeout"
     assert elapsed < DEADLINE + MARGIN, f"took {elapsed:.1f}s with a {DEADLINE}s deadline"
+    assert http.post(live.service_url(), content=complete).status_code == 200
+
+
+def test_a_client_that_leaves_mid_upload_is_audited_not_a_500(
+    live: LiveApp, http: httpx.Client
+) -> None:
+    complete = json.dumps(body_for(live)).encode()
+    host, port = live.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /cds-services/{SERVICE} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(complete)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + complete[:500])
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and '"status": 499' not in live.log.getvalue():
+        time.sleep(0.1)
+    logs = live.log.getvalue()
+    assert '"status": 499' in logs
+    assert "unexpected_error" not in logs
     assert http.post(live.service_url(), content=complete).status_code == 200
 
 

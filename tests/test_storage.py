@@ -96,6 +96,26 @@ def _card(store: Storage, card_uuid: str, patient: str | None = "p1", **kw: obje
     return IssuedCard(**values)  # type: ignore[arg-type]
 
 
+def _issue(store: Storage, cards: list[IssuedCard]) -> None:
+    """Cards are written with the audit row of the call that issued them."""
+    call = CallRecord(
+        at=T0,
+        client=None,
+        hook="patient-view",
+        service_id=cards[0].service_id,
+        hook_instance=cards[0].hook_instance,
+        library_version="test",
+        patient_key=cards[0].patient_key,
+        encounter_key=cards[0].encounter_key,
+        card_uuids=[c.uuid for c in cards],
+        indicator_ids=[],
+        concern=None,
+        status_code=200,
+        latency_ms=1.0,
+    )
+    store.record_call(call, cards)
+
+
 def _override(card_uuid: str, code: str, at: datetime) -> FeedbackEntry:
     return FeedbackEntry(card_uuid, "overridden", [], code, "http://example.org/cs", at, True)
 
@@ -215,8 +235,8 @@ def test_record_call_round_trip_stores_no_raw_ids(storage: Storage) -> None:
 
 
 def test_feedback_is_idempotent_and_joins_the_patient(storage: Storage) -> None:
-    storage.record_cards([_card(storage, "card-1")])
-    storage.record_cards([_card(storage, "card-1")])  # a retried write is harmless
+    _issue(storage, [_card(storage, "card-1")])
+    _issue(storage, [_card(storage, "card-1")])  # a retried write is harmless
     body = [
         FeedbackEntry("card-1", "accepted", ["s-note"], None, None, T0, True),
         _override("card-1", "already-known", T0 + timedelta(minutes=1)),
@@ -233,7 +253,7 @@ def test_feedback_is_idempotent_and_joins_the_patient(storage: Storage) -> None:
 
 
 def test_unknown_card_is_counted_and_stored_without_patient(storage: Storage) -> None:
-    storage.record_cards([_card(storage, "other-service", service_id="elsewhere")])
+    _issue(storage, [_card(storage, "other-service", service_id="elsewhere")])
     result = storage.record_feedback(
         "msht", [_override("nope", "x", T0), _override("other-service", "x", T0)]
     )
@@ -243,7 +263,7 @@ def test_unknown_card_is_counted_and_stored_without_patient(storage: Storage) ->
 
 
 def test_latest_override_respects_since_and_reason_codes(storage: Storage) -> None:
-    storage.record_cards([_card(storage, "a"), _card(storage, "b"), _card(storage, "c", "p2")])
+    _issue(storage, [_card(storage, "a"), _card(storage, "b"), _card(storage, "c", "p2")])
     storage.record_feedback(
         "msht",
         [
@@ -268,7 +288,7 @@ def test_latest_override_respects_since_and_reason_codes(storage: Storage) -> No
 
 def test_accepted_referral_suggestion_records_a_referral(storage: Storage) -> None:
     enc = storage.encounter_key("e1")
-    storage.record_cards([_card(storage, "r1", encounter_key=enc)])
+    _issue(storage, [_card(storage, "r1", encounter_key=enc)])
     p1 = storage.patient_key("p1")
     assert not storage.has_referral(p1, enc)
     storage.record_feedback(

@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, knowledge: Knowledge | None = N
                 "trusted. For local development on loopback only.",
             )
         log.info("started", library_version=knowledge.version, auth=settings.auth)
+        runtime.renew_for_loop()
         freeze_long_lived()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

@@ -85,8 +85,9 @@ def serve(
     preflight = multiprocessing.get_context("spawn").Process(target=_preflight)
     preflight.start()
     preflight.join()
-    if preflight.exitcode != 0:
-        raise typer.Exit(preflight.exitcode or 1)
+    code = preflight.exitcode or 0
+    if code != 0:  # the child said why; killed by a signal, it has a negative code
+        raise typer.Exit(code if code > 0 else 1)
     uvicorn.run(
         "msht_cds.app:app_from_environment",
         factory=True,

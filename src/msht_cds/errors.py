@@ -90,6 +90,16 @@ class RequestTimeoutError(RequestError):
         super().__init__(message, 408, "timeout")
 
 
+class ClientClosedError(RequestError):
+    """The caller went away before its body arrived: nobody reads the answer, the audit does
+    (499, as proxies record a client that closed its request)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the client closed the connection before sending its body", 499, "incomplete"
+        )
+
+
 class AuthError(RequestError):
     """The reason stays server-side; the client always sees the same 401 body."""
 

@@ -3,7 +3,7 @@ patient's history, evaluate, render the response and prepare the audit rows, in 
 
 A call's decoded record is freed before the job returns, with the cyclic collector paused
 throughout (see `runtime.collector_paused`), so a worker that takes calls in turn holds one
-record at a time.
+record at a time (besides those of calls waiting on a FHIR server for missing prefetch).
 """
 
 from __future__ import annotations

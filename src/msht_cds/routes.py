@@ -18,6 +18,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 from .auth import VerifiedClient, bearer_token
 from .cards import referral_suggestion_uuid
@@ -25,6 +26,7 @@ from .cdshooks import Discovery, ServiceDescription, parse_feedback
 from .config import is_loopback_host
 from .errors import (
     AuthError,
+    ClientClosedError,
     FhirServerError,
     PayloadTooLargeError,
     RequestError,
@@ -112,6 +114,8 @@ async def read_body(request: Request, limit: int, deadline: float | None = None)
                 body += chunk
     except TimeoutError:
         raise RequestTimeoutError(f"the body did not arrive within {deadline} s") from None
+    except ClientDisconnect:
+        raise ClientClosedError() from None
     return body
 
 
@@ -179,7 +183,9 @@ async def call_service(service_id: str, request: Request) -> Response:
     try:
         call.client = await authenticate(request, runtime, f"/cds-services/{service_id}")
         async with runtime.evaluation_slot:
-            # Read in the slot too: a waiting call's body stays in the socket, not in memory.
+            # Read in the turn too: a waiting call's body stays in the socket, not in memory,
+            # so a worker's memory is bounded whatever the number of callers. The price: a
+            # slow upload holds the turn, up to the hook deadline (then 408).
             raw = await read_body(
                 request, runtime.settings.max_body_bytes, runtime.settings.hook_deadline_seconds
             )

@@ -44,7 +44,9 @@ def freeze_long_lived() -> None:
 def collector_paused() -> Iterator[None]:
     """No cyclic collection while a call builds and drops its record: JSON trees and the
     evaluation's objects hold no cycles, and a collection set off by their many containers
-    would walk them (and everything else alive) for nothing. Nesting is harmless."""
+    would walk them (and everything else alive) for nothing. The switch is process-wide, so
+    the pause is best effort when two threads overlap; the collector is always re-enabled by
+    whoever paused it, and nesting is harmless."""
     paused = gc.isenabled()
     if paused:
         gc.disable()
@@ -93,11 +95,18 @@ class Runtime:
         )
         self.last_reload = ReloadStatus(at=knowledge.loaded_at)
         self.evaluation_slot = asyncio.Lock()
-        """One call's record in memory at a time per worker: evaluation holds the GIL anyway,
-        so taking turns costs no throughput and bounds memory to one decoded prefetch."""
+        """Hook calls take turns in a worker, from reading the body to the response: the work
+        holds the GIL anyway, and taking turns bounds memory to one decoded record (calls
+        fetching missing prefetch from a FHIR server hold theirs outside the turn). Made anew
+        for each event loop that serves the app (`renew_for_loop`)."""
         self._reload_lock = threading.Lock()
         self.fingerprint = self.current_fingerprint()
         self._publish_library()
+
+    def renew_for_loop(self) -> None:
+        """An asyncio lock belongs to the loop that first waits on it: each serving loop (the
+        app's lifespan) gets its own."""
+        self.evaluation_slot = asyncio.Lock()
 
     def _publish_library(self) -> None:
         self.metrics.library_info.clear()

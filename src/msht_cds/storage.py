@@ -305,11 +305,6 @@ class Storage:
             connection.execute(calls.insert().values(**call.__dict__))
             self._add_cards(connection, cards)
 
-    def record_cards(self, cards: Sequence[IssuedCard]) -> None:
-        if cards:
-            with self.transaction() as connection:
-                self._add_cards(connection, cards)
-
     def _add_cards(self, connection: sa.Connection, cards: Sequence[IssuedCard]) -> None:
         """Insert-or-ignore: a retried write of the same card uuid is not an error."""
         for card in cards:
