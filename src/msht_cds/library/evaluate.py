@@ -428,7 +428,10 @@ def _code_index(candidates: list[Resource], code_path: str | None) -> CodeIndex:
                 if not isinstance(concept, dict):
                     continue
                 if "coding" in concept:
-                    for coding in array(concept["coding"]):
+                    listed = concept["coding"]
+                    if not isinstance(listed, list):  # wrongly shaped: no codes (as `array`)
+                        continue
+                    for coding in listed:
                         if isinstance(coding, dict):
                             code = (str(coding.get("system", "")), str(coding.get("code", "")))
                             index.setdefault(code, []).append(position)
