@@ -1,5 +1,6 @@
-"""The work of one hook call off the event loop: decode the body, read the prefetch, look up the
-patient's history, evaluate, render the response and prepare the audit rows, in one job.
+"""The work of one hook call off the event loop: decode the body, read the prefetch, evaluate,
+read the patient's history when a card is to be built, render the response and prepare the
+audit rows, in one job.
 
 A call's decoded record is freed before the job returns, with the cyclic collector paused
 throughout (see `runtime.collector_paused`), so a worker that takes calls in turn holds one
