@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     knowledge = load_knowledge(args.library, args.cards)
     runtime = Runtime(settings, knowledge)
     runtime.storage.migrate()
-    call = CallSettings(settings.nation, settings.locality, settings.public_base_url)
+    call = CallSettings.from_settings(settings)
     templates = knowledge.plan.templates("patient-view")
     today = dt.datetime.now(dt.UTC).date()
     chosen = choose(survey(synthea_dir()))
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 response = CdsResponse(cards=[card] if card else [])
                 payload = response.model_dump_json(exclude_none=True)
                 t7 = mark()
-                decision = Decision(request, response, assessment, built)
+                decision = Decision(request, response, assessment)
                 runtime.storage.record_call(*hook_call.audit_rows(200, t7 - t0, decision))
                 t8 = mark()
                 routes.log.info(

@@ -159,7 +159,7 @@ def call(
     locality: str | None = None,
     hook: str = "encounter-start",
     draft_orders: list[dict[str, Any]] | None = None,
-    history: History | HistoryLookup | None = None,
+    history: HistoryLookup = History,
 ) -> list[dict[str, Any]]:
     """The service's own decision path (`decide`), minus HTTP; returns the cards as JSON."""
     context: dict[str, Any] = {"userId": "Practitioner/clinician-1", "patientId": PATIENT}
@@ -181,7 +181,7 @@ def call(
     request = parse_hook_request(body, hook)
     state = PrefetchState(resources=list(resources))
     decision = decide(
-        knowledge, request, state, CallSettings(nation, locality, BASE), TODAY, history or History()
+        knowledge, request, state, CallSettings(nation, locality, BASE), TODAY, history
     )
     return [json.loads(c.model_dump_json(exclude_none=True)) for c in decision.response.cards]
 

@@ -84,12 +84,12 @@ def test_the_text_index_is_used_and_drops_with_the_call(library: Library) -> Non
         if "emergency-contraception" in located.doc.display_path and c.kind == "fires"
     )
     record = record_for_case(case)
-    ev = Evaluation(record=record, today=case.today, visit_date=record.visit_date(case.today))
+    ev = Evaluation(record=record, visit_date=record.visit_date(case.today))
     for compiled in library.compiled:
         ev.fired[compiled.indicator.id] = compiled.evaluate(ev, False)
     assert ev.text_indexes
     assert ev.text_matches
     assert any(found for found in ev.text_matches.values())
-    fresh = Evaluation(record=record, today=case.today, visit_date=ev.visit_date)
+    fresh = Evaluation(record=record, visit_date=ev.visit_date)
     assert not fresh.text_matches
     assert not fresh.text_indexes

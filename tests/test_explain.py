@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from msht_cds.explain import (
-    Where,
     card_markdown,
     explain_case,
     explain_request,
@@ -25,7 +24,7 @@ from msht_cds.library.loader import load_library
 from msht_cds.library.model import Case
 from msht_cds.library.testing import check_case
 from msht_cds.prefetch import template_key
-from msht_cds.service import Knowledge, load_knowledge
+from msht_cds.service import CallSettings, Knowledge, load_knowledge
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lint"
 SCENARIO = "chlamydia at 12 with an adult speaking for her"
@@ -46,7 +45,9 @@ def case_named(name: str) -> tuple[str, Case]:
 
 def explained(knowledge: Knowledge, name: str, locality: str | None = None) -> dict[str, Any]:
     origin, case = case_named(name)
-    return explanation_dict(explain_case(knowledge, origin, case, Where("england", locality)))
+    return explanation_dict(
+        explain_case(knowledge, origin, case, CallSettings("england", locality))
+    )
 
 
 def test_scenario_lists_fired_deduplicated_and_near(knowledge: Knowledge) -> None:
@@ -114,7 +115,7 @@ def test_explain_agrees_with_the_test_runner_for_every_case(knowledge: Knowledge
     assert len(CASES) == 16
     for ref in CASES:
         case = ref.case
-        expl = explain_case(knowledge, ref.origin, case, Where("england"))
+        expl = explain_case(knowledge, ref.origin, case, CallSettings("england"))
         assert check_case(library, case) == [], case.name
         fired = {r.indicator.id for r in expl.assessment.results if r.fired}
         assert set(case.expect.fires) <= fired, case.name
@@ -124,7 +125,9 @@ def test_explain_agrees_with_the_test_runner_for_every_case(knowledge: Knowledge
 
 def test_text_output(knowledge: Knowledge) -> None:
     origin, case = case_named(SCENARIO)
-    text = explanation_text(explain_case(knowledge, origin, case, Where("england", "st-elsewhere")))
+    text = explanation_text(
+        explain_case(knowledge, origin, case, CallSettings("england", "st-elsewhere"))
+    )
     assert text.splitlines()[:3] == [
         f"Scenario  {SCENARIO}",
         "From      pathways/scenarios/combined.test.yaml:3 · hook encounter-start"
@@ -180,9 +183,11 @@ def request_for(knowledge: Knowledge, case: Case) -> dict[str, Any]:
 
 def test_a_saved_request_gives_the_same_answer_as_the_case(knowledge: Knowledge) -> None:
     origin, case = case_named(SCENARIO)
-    from_case = explain_case(knowledge, origin, case, Where("england"))
+    from_case = explain_case(knowledge, origin, case, CallSettings("england"))
     body = request_for(knowledge, case)
-    from_request = explain_request(knowledge, body, "request.json", Where("england"), case.today)
+    from_request = explain_request(
+        knowledge, body, "request.json", CallSettings("england"), case.today
+    )
     a, b = explanation_dict(from_case), explanation_dict(from_request)
     for key in ("fired", "suppressed", "deduplicated", "near", "concern", "card_indicator"):
         assert a[key] == b[key], key
@@ -194,7 +199,7 @@ def test_a_saved_request_gives_the_same_answer_as_the_case(knowledge: Knowledge)
 
 def test_card_markdown_reads_like_the_card(knowledge: Knowledge) -> None:
     origin, case = case_named(SCENARIO)
-    card = explain_case(knowledge, origin, case, Where("england", "st-elsewhere")).card
+    card = explain_case(knowledge, origin, case, CallSettings("england", "st-elsewhere")).card
     assert card is not None
     markdown = card_markdown(card)
     assert markdown.startswith(
@@ -222,7 +227,7 @@ def test_markdown_is_rendered_without_raw_html_or_script_links() -> None:
 
 def test_preview_page_shows_card_and_explanation(knowledge: Knowledge) -> None:
     origin, case = case_named(SCENARIO)
-    html = preview_page(explain_case(knowledge, origin, case, Where("england")))
+    html = preview_page(explain_case(knowledge, origin, case, CallSettings("england")))
     assert 'class="card warning"' in html
     assert "<strong>Possible indicators of exploitation</strong>" in html
     assert "counted under <code>STI_UNDER_13</code>" in html

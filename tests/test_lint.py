@@ -355,6 +355,32 @@ def test_template_variable_the_service_does_not_provide(library: Path) -> None:
     )
 
 
+def test_the_assess_when_gate_is_checked_like_an_indicator_rule(library: Path) -> None:
+    manifest = library / "library.yaml"
+    edit(
+        manifest,
+        "combination:\n",
+        "assess_when:\n  any:\n    - {age: {under: 18}}\n    - {evidence: age_dispute}\n"
+        "evidence:\n  age_disputed: {resource: Flag, describe: Age disputed}\n"
+        "combination:\n",
+    )
+    [issue] = lint(library)
+    assert (issue.path, issue.line, issue.code) == (
+        "pathways/library.yaml",
+        6,
+        "unknown-evidence",
+    )
+    assert "(defined: age_disputed)" in issue.message
+
+
+def test_unknown_template_filter_is_a_lint_error_not_a_crash(library: Path) -> None:
+    summary = library.parent / "cards" / "order.summary.j2"
+    summary.write_text("Safeguarding\n{{ concern | shout }}\n", encoding="utf-8")
+    [issue] = lint(library)
+    assert (issue.path, issue.line, issue.code) == ("cards/order.summary.j2", 2, "template-syntax")
+    assert issue.message == "No filter named 'shout'."
+
+
 def test_missing_and_misnamed_templates(library: Path) -> None:
     cards = library.parent / "cards"
     (cards / "discharge.summary.j2").rename(cards / "dischrage.summary.j2")

@@ -109,7 +109,6 @@ class CardTemplates:
     reload has checked it; a broken edit never replaces the templates being served."""
 
     env: ImmutableSandboxedEnvironment
-    root: Path
 
     @classmethod
     def load(cls, cards_dir: Path) -> CardTemplates:
@@ -140,7 +139,9 @@ class CardTemplates:
             issues.extend(check_template(env, cards_dir / name, sources[name], shared))
         if issues:
             raise LibraryLoadError(issues)
-        return cls(env, cards_dir)
+        for name in sources:  # compiled here, at load, not on the first hook call
+            env.get_template(name)
+        return cls(env)
 
     def render(self, kind: str, part: str, variables: dict[str, Any]) -> str:
         return self.env.get_template(f"{kind}.{part}").render(**variables).strip()
@@ -150,11 +151,12 @@ def check_template(
     env: ImmutableSandboxedEnvironment, path: Path, source: str, provided: frozenset[str]
 ) -> list[LintIssue]:
     try:
-        ast = env.parse(source)
+        # Finding the variables compiles the template: an unknown filter is found here too.
+        unknown = sorted(meta.find_undeclared_variables(env.parse(source)) - provided)
     except TemplateError as exc:
         line = getattr(exc, "lineno", 1) or 1
-        return [LintIssue(str(path), line, 1, "template-syntax", str(exc))]
-    unknown = sorted(meta.find_undeclared_variables(ast) - provided)
+        message = exc.message or type(exc).__name__
+        return [LintIssue(str(path), line, 1, "template-syntax", message)]
     return [
         LintIssue(
             str(path),
@@ -362,12 +364,10 @@ def build_card(
     assessment: Assessment,
     plan: ReferralPlan,
     indicator: str,
-    concern: str,
     patient_id: str,
     encounter_id: str | None,
     page_url: str,
     earlier_decision: str | None = None,
-    with_suggestions: bool = True,
 ) -> Card:
     """One card: prose from the templates, structure (links, actions, extension) from code."""
     variables = template_variables(assessment, plan, library, page_url, earlier_decision)
@@ -376,9 +376,7 @@ def build_card(
     ]
     links += [Link(label=link.label, url=link.url, type="absolute") for link in plan.links]
     card_uuid = str(uuid.uuid4())
-    suggestions = (
-        suggestions_for(card_uuid, patient_id, encounter_id, plan) if with_suggestions else None
-    )
+    suggestions = suggestions_for(card_uuid, patient_id, encounter_id, plan)
     return Card(
         uuid=card_uuid,
         summary=templates.render(kind, "summary.j2", variables).replace("\n", " "),
@@ -398,7 +396,7 @@ def build_card(
         links=links,
         extension={
             EXTENSION_KEY: {
-                "concern": concern,
+                "concern": assessment.concern,
                 "forms": list(assessment.forms),
                 "indicators": [_indicator_payload(r) for r in assessment.counted],
                 "library": {"id": library.id, "version": library.version},

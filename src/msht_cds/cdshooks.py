@@ -31,7 +31,10 @@ _USER_TYPES = {
     "order-select": {"Practitioner", "PractitionerRole"},
     "order-sign": {"Practitioner", "PractitionerRole"},
 }
-_ENCOUNTER_REQUIRED = {"encounter-start", "encounter-discharge"}
+ENCOUNTER_HOOKS = frozenset({"encounter-start", "encounter-discharge"})
+"""Hooks whose context names the encounter (required)."""
+ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+"""Hooks whose context carries draft orders."""
 PLAIN_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _USER_ID = re.compile(r"^([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
 
@@ -98,13 +101,13 @@ def parse_hook_request(body: object, expected_hook: str) -> HookRequest:
             "`context.patientId` must be a plain id such as `123`, not `Patient/123`"
         )
     encounter_id = context.get("encounterId")
-    if hook in _ENCOUNTER_REQUIRED or encounter_id is not None:
+    if hook in ENCOUNTER_HOOKS or encounter_id is not None:
         encounter_id = _require(context, "encounterId", str, "context.")
         if not PLAIN_ID.match(encounter_id):
             raise BadRequestError("`context.encounterId` must be a plain id")
     draft_orders = None
     selections: tuple[str, ...] = ()
-    if hook in ("order-select", "order-sign"):
+    if hook in ORDER_HOOKS:
         draft_orders = _require(context, "draftOrders", dict, "context.")
         if draft_orders.get("resourceType") != "Bundle":
             raise BadRequestError("`context.draftOrders` must be a FHIR Bundle")

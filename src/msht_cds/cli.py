@@ -156,7 +156,7 @@ def evaluate(
             knowledge,
             request,
             state,
-            CallSettings(settings.nation, settings.locality, settings.public_base_url),
+            CallSettings.from_settings(settings),
             day,
         )
     except RequestError as exc:
@@ -346,14 +346,15 @@ def _explanation(
     locality: str | None,
     today: str | None,
 ) -> Explanation:
-    from .explain import Where, explain_case, explain_request, find_case, read_cases
+    from .explain import explain_case, explain_request, find_case, read_cases
+    from .service import CallSettings
 
     if (request_file is None) == (case is None):
         typer.echo("give either REQUEST_FILE or --case NAME", err=True)
         raise typer.Exit(2)
     settings = _settings(library_dir=library, cards_dir=cards)
     knowledge = _knowledge(settings)
-    where = Where(
+    where = CallSettings(
         nation or settings.nation, locality or settings.locality, settings.public_base_url
     )
     if where.nation not in knowledge.library.nations:

@@ -13,7 +13,7 @@ MshtCdsError
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -69,7 +69,6 @@ class RequestError(MshtCdsError):
     message: str
     status_code: int = 400
     issue_code: str = "invalid"
-    details: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.message

@@ -20,7 +20,7 @@ from typing import Any
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from .cdshooks import Card, HookRequest
+from .cdshooks import ORDER_HOOKS, Card, HookRequest
 from .errors import LintIssue, RequestError
 from .library.evaluate import Assessment, IndicatorResult
 from .library.loader import Library, parse_model
@@ -35,20 +35,11 @@ _MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table").enable("st
 
 
 @dataclass(frozen=True)
-class Where:
-    """The settings a card depends on besides the record."""
-
-    nation: str
-    locality: str | None = None
-    public_base_url: str = "http://127.0.0.1:8000"
-
-
-@dataclass(frozen=True)
 class Explanation:
     name: str
     origin: str
     today: dt.date
-    where: Where
+    where: CallSettings
     library: Library
     decision: Decision
 
@@ -110,7 +101,7 @@ def find_case(cases: list[CaseRef], name: str) -> CaseRef:
     raise LookupError(f"no single case named {name!r} ({len(partial)} match): {hint}")
 
 
-def explain_case(knowledge: Knowledge, origin: str, case: Case, where: Where) -> Explanation:
+def explain_case(knowledge: Knowledge, origin: str, case: Case, where: CallSettings) -> Explanation:
     """Evaluate a test case exactly as `msht-cds test` builds its record, then build the card
     as the service would for the case's hook."""
     patient = next((r for r in case.resources if r.get("resourceType") == "Patient"), {})
@@ -131,12 +122,12 @@ def explain_case(knowledge: Knowledge, origin: str, case: Case, where: Where) ->
         selections=tuple(f"{r.get('resourceType')}/{r.get('id')}" for r in case.draft_orders),
     )
     state = PrefetchState(resources=list(case.resources))
-    decision = _decide(knowledge, request, state, where, case.today)
+    decision = decide(knowledge, request, state, where, case.today, explain=True)
     return Explanation(case.name, origin, case.today, where, knowledge.library, decision)
 
 
 def explain_request(
-    knowledge: Knowledge, body: Any, origin: str, where: Where, today: dt.date
+    knowledge: Knowledge, body: Any, origin: str, where: CallSettings, today: dt.date
 ) -> Explanation:
     """Evaluate a saved CDS Hooks request offline; raises RequestError (412) when its
     prefetch lacks data, since nothing is fetched here."""
@@ -145,15 +136,8 @@ def explain_request(
     if state.failed or state.missing:
         missing = ", ".join(sorted(state.failed + state.missing))
         raise RequestError(f"prefetch lacks {missing} (explain does not fetch)", 412)
-    decision = _decide(knowledge, request, state, where, today)
+    decision = decide(knowledge, request, state, where, today, explain=True)
     return Explanation(Path(origin).name, origin, today, where, knowledge.library, decision)
-
-
-def _decide(
-    knowledge: Knowledge, request: HookRequest, state: PrefetchState, where: Where, day: dt.date
-) -> Decision:
-    settings = CallSettings(where.nation, where.locality, where.public_base_url)
-    return decide(knowledge, request, state, settings, day, explain=True)
 
 
 # --------------------------------------------------------------------------- reporting
@@ -219,7 +203,7 @@ def _no_card_reason(expl: Explanation) -> str:
         return "what fired does not reach a concern level in library.yaml `combination`"
     if hook == "encounter-discharge":
         return "discharge cards are shown only for a high concern without a recorded referral"
-    if hook in ("order-select", "order-sign"):
+    if hook in ORDER_HOOKS:
         return "order cards are shown only when an order being placed is itself evidence"
     return "the service returned no card"
 

@@ -27,6 +27,7 @@ import httpx
 import orjson
 
 from .cdshooks import HookRequest
+from .config import is_loopback_host
 from .errors import FhirServerError
 from .prefetch import PrefetchState, fill
 
@@ -253,7 +254,7 @@ class FhirReader:
         resolver: Resolver | None = None,
     ) -> None:
         self.limits = limits
-        self._guard = _AddressGuard(limits, resolver or self._resolve)
+        self._guard = _AddressGuard(limits, resolver or system_resolver)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(limits.read_timeout, connect=limits.connect_timeout),
             follow_redirects=False,
@@ -284,19 +285,13 @@ class FhirReader:
         host = parts.hostname or ""
         if not host:
             raise FhirServerError("fhirServer has no host")
-        literal = _literal_ip(host)
-        loopback = host == "localhost" or (literal is not None and literal.is_loopback)
-        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback_host(host)):
             raise FhirServerError("fhirServer must use https")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as exc:
             raise FhirServerError("fhirServer has an invalid port") from exc
         await self._guard.addresses(host, port)
-
-    @staticmethod
-    async def _resolve(host: str, port: int | None) -> list[IPAddress]:
-        return await system_resolver(host, port or 443)
 
     async def fetch_missing(
         self,
@@ -306,8 +301,7 @@ class FhirReader:
         allowed: Sequence[str],
     ) -> None:
         """Fill `state` with what prefetch lacked; raise FhirServerError (→ 412) otherwise."""
-        keys = [k for k in state.missing] + list(state.next_pages)
-        if not keys:
+        if not (state.missing or state.next_pages):
             return
         if request.fhir_server is None:
             raise FhirServerError(

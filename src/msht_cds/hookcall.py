@@ -22,7 +22,7 @@ from .cdshooks import HookRequest
 from .errors import BadRequestError, PayloadTooLargeError
 from .prefetch import PrefetchState
 from .runtime import Runtime, collector_paused
-from .service import CallSettings, Decision, History, Knowledge, decide, prefetch_complete, prepare
+from .service import Decision, History, Knowledge, decide, prefetch_complete, prepare
 from .storage import CallRecord, IssuedCard
 
 
@@ -46,7 +46,6 @@ class Answered:
     audit: AuditRows
     latency: float
     card_indicators: list[str]
-    concern: str | None
 
 
 @dataclass
@@ -82,28 +81,23 @@ class HookCall:
                 raise PayloadTooLargeError(
                     "the record has more resources than this service accepts"
                 )
-            call_settings = CallSettings(
-                settings.nation, settings.locality, settings.public_base_url
-            )
             today = dt.datetime.now(dt.UTC).date()
             decision = decide(
                 self.knowledge,
                 hook_request,
                 state,
-                call_settings,
+                self.runtime.call_settings,
                 today,
                 lambda: self.history(hook_request),
             )
             body = decision.response.model_dump_json(exclude_none=True).encode()
             latency = time.perf_counter() - self.started
             cards = decision.response.cards
-            concern = decision.assessment.concern if decision.assessment else None
             return Answered(
                 body,
                 self.audit_rows(200, latency, decision),
                 latency,
                 [card.indicator for card in cards],
-                concern,
             )
 
     def history(self, request: HookRequest) -> History:
@@ -161,12 +155,11 @@ class HookCall:
                 hook_instance=hook_instance,
                 patient_key=patient_key,
                 indicator_ids=indicator_ids,
-                concern=concern or "",
+                concern=concern,
                 suggestion_uuids=[s.uuid for s in card.suggestions or []],
                 issued_at=now,
                 encounter_key=encounter_key,
             )
             for card in cards
-            if patient_key is not None
         ]
         return call, issued

@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cdshooks import HOOKS, HookRequest
+from .cdshooks import ENCOUNTER_HOOKS, HOOKS, HookRequest
 from .library.loader import Library
 from .record import Resource, array, resources_from_value
 
 _ALWAYS = ("Patient", "Encounter", "RelatedPerson")
-_ENCOUNTER_HOOKS = ("encounter-start", "encounter-discharge")
 
 
 def template_key(resource_type: str) -> str:
@@ -37,9 +36,10 @@ class PrefetchPlan:
     @classmethod
     def for_library(cls, library: Library) -> PrefetchPlan:
         types = set(_ALWAYS)
-        for located in library.indicators.values():
-            for spec in located.model.evidence.values():
-                types.add(spec.resource)
+        selectors = [library.manifest.evidence] + [
+            located.model.evidence for located in library.indicators.values()
+        ]
+        types.update(spec.resource for evidence in selectors for spec in evidence.values())
         return cls(tuple(sorted(types, key=lambda t: (t != "Patient", t))))
 
     def templates(self, hook: str) -> dict[str, str]:
@@ -54,7 +54,7 @@ class PrefetchPlan:
                 found[template_key(resource_type)] = (
                     f"{resource_type}?patient={{{{context.patientId}}}}"
                 )
-        if hook in _ENCOUNTER_HOOKS:
+        if hook in ENCOUNTER_HOOKS:
             found["encounter"] = "Encounter/{{context.encounterId}}"
         return found
 

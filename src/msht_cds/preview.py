@@ -20,10 +20,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from .errors import LintIssue, RequestError
-from .explain import CaseRef, Explanation, Where, explain_case, preview_page, read_cases
+from .explain import CaseRef, Explanation, explain_case, preview_page, read_cases
 from .library.loader import Library
 from .runtime import Runtime
-from .service import Knowledge
+from .service import CallSettings, Knowledge
 
 router = APIRouter()
 SECURITY_HEADERS = {
@@ -64,7 +64,7 @@ async def preview(
     form = _form(library, cases, chosen.case.name if chosen else None, nation, locality)
     explanation: Explanation | None = None
     if chosen is not None:
-        where = Where(nation, locality, runtime.settings.public_base_url)
+        where = CallSettings(nation, locality, runtime.settings.public_base_url)
         try:
             explanation = await anyio.to_thread.run_sync(_explain, knowledge, chosen, where)
         except RequestError as exc:  # e.g. a case without a Patient: say so, keep the form
@@ -94,7 +94,7 @@ def _stat(path: Path) -> tuple[int, int]:
     return (found.st_mtime_ns, found.st_size)
 
 
-def _explain(knowledge: Knowledge, chosen: CaseRef, where: Where) -> Explanation:
+def _explain(knowledge: Knowledge, chosen: CaseRef, where: CallSettings) -> Explanation:
     return explain_case(knowledge, chosen.origin, chosen.case, where)
 
 

@@ -157,12 +157,10 @@ class PatientRecord:
     """Every resource about one child, by type and by reference, with references resolved."""
 
     patient_id: str
-    resources: list[Resource] = field(default_factory=list)
     draft_orders: list[Resource] = field(default_factory=list)
     encounter_id: str | None = None
     by_type: dict[str, list[Resource]] = field(default_factory=dict)
     by_reference: dict[str, Resource] = field(default_factory=dict)
-    dropped_other_patient: int = 0
     _dates: dict[int, dt.date | None] = field(default_factory=dict)
 
     @classmethod
@@ -195,9 +193,7 @@ class PatientRecord:
         by_type = record.by_type
         for resource in candidates:
             if record._about_other_patient(resource):
-                record.dropped_other_patient += 1
                 continue
-            record.resources.append(resource)
             kind = resource["resourceType"]
             found = by_type.get(kind)
             if found is None:

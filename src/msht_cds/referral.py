@@ -54,11 +54,9 @@ def select_overlay(
     library: Library, locality: str | None, record: PatientRecord | None
 ) -> LocalOverlay | None:
     """The configured locality wins; otherwise the encounter's service provider picks it."""
-    overlays: list[LocalOverlay] = [loc.model for loc in library.overlays.values()]
-    if locality:
-        for overlay in overlays:
-            if overlay.id == locality:
-                return overlay
+    if locality and locality in library.overlays:
+        chosen: LocalOverlay = library.overlays[locality].model
+        return chosen
     encounter = record.encounter if record is not None else None
     if encounter is not None:
         provider = encounter.get("serviceProvider") or {}
@@ -69,9 +67,10 @@ def select_overlay(
             identifier = provider.get("identifier")
             if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
                 keys.add(identifier["value"])
-        for overlay in overlays:
-            if keys & set(overlay.identifiers):
-                return overlay
+        for located in library.overlays.values():
+            if keys & set(located.model.identifiers):
+                found: LocalOverlay = located.model
+                return found
     return None
 
 

@@ -230,11 +230,11 @@ async def call_service(service_id: str, request: Request) -> Response:
     metrics.requests.labels(service_id, str(status)).inc()
     metrics.latency.labels(service_id).observe(latency)
     if answered is not None:
+        call_row = audit[0]  # indicator ids and concern are set only when cards were issued
         for card_indicator in answered.card_indicators:
-            metrics.cards.labels(service_id, card_indicator, answered.concern or "").inc()
-        if answered.card_indicators:
-            for ident in audit[0].indicator_ids:
-                metrics.indicators.labels(ident).inc()
+            metrics.cards.labels(service_id, card_indicator, call_row.concern or "").inc()
+        for ident in call_row.indicator_ids:
+            metrics.indicators.labels(ident).inc()
     log.info(
         "hook_call",
         request_id=request_id,

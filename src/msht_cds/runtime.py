@@ -18,7 +18,7 @@ from .errors import LibraryLoadError, LintIssue
 from .fhir import FhirLimits, FhirReader
 from .logs import get_logger
 from .metrics import Metrics
-from .service import Knowledge, load_knowledge
+from .service import CallSettings, Knowledge, load_knowledge
 from .storage import DatabaseReplayCache, Storage
 
 log = get_logger("msht_cds.runtime")
@@ -71,6 +71,7 @@ def library_fingerprint(*folders: Path) -> tuple[tuple[str, int, int], ...]:
 class Runtime:
     def __init__(self, settings: Settings, knowledge: Knowledge) -> None:
         self.settings = settings
+        self.call_settings = CallSettings.from_settings(settings)
         self.knowledge = knowledge
         self.metrics = Metrics()
         self.storage = Storage(settings.database_url, settings.patient_hash_key)
@@ -83,13 +84,13 @@ class Runtime:
                 allow_private_networks=settings.fhir_allow_private_networks,
             )
         )
-        self.clients = (
+        clients = (
             load_trusted_clients(settings.clients_file)
             if settings.clients_file is not None
             else TrustedClients(clients=[])
         )
         self.verifier = JwtVerifier(
-            self.clients,
+            clients,
             DatabaseReplayCache(self.storage),
             leeway_seconds=settings.jwt_leeway_seconds,
         )

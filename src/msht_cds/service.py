@@ -7,27 +7,22 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .cards import CardTemplates, build_card
-from .cdshooks import Card, CdsResponse, HookRequest, parse_hook_request
-from .errors import FhirServerError, PrefetchError
+from .cdshooks import HOOKS, ORDER_HOOKS, Card, CdsResponse, HookRequest, parse_hook_request
+from .config import Settings
+from .errors import PrefetchError
 from .fhir import FhirReader
 from .library.assess import assess
 from .library.evaluate import Assessment
 from .library.loader import Library, load_library
 from .prefetch import PrefetchPlan, PrefetchState, read_prefetch
-from .record import PatientRecord, resources_from_value
+from .record import PatientRecord, reference_key, resources_from_value
 from .referral import plan_referral, select_overlay
 
-SERVICE_IDS: dict[str, str] = {
-    "patient-view": "msht-patient-view",
-    "encounter-start": "msht-encounter-start",
-    "encounter-discharge": "msht-encounter-discharge",
-    "order-select": "msht-order-select",
-    "order-sign": "msht-order-sign",
-}
+SERVICE_IDS: dict[str, str] = {hook: f"msht-{hook}" for hook in HOOKS}
 HOOK_BY_SERVICE = {service: hook for hook, service in SERVICE_IDS.items()}
 
 
@@ -59,15 +54,19 @@ class Decision:
     request: HookRequest
     response: CdsResponse
     assessment: Assessment | None
-    record: PatientRecord | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class CallSettings:
+    """The settings a card depends on besides the record."""
+
     nation: str
-    locality: str | None
-    public_base_url: str
+    locality: str | None = None
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CallSettings:
+        return cls(settings.nation, settings.locality, settings.public_base_url)
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,8 @@ class History:
 
 
 HistoryLookup = Callable[[], History]
-"""Reads the history when a card is about to be built: most calls build none, and skip it."""
+"""Reads the history when a card is about to be built: most calls build none, and skip it.
+`History` itself is the lookup of a patient with none."""
 
 
 def prepare(knowledge: Knowledge, body: object, hook: str) -> tuple[HookRequest, PrefetchState]:
@@ -96,18 +96,15 @@ async def complete_prefetch(
     knowledge: Knowledge,
     request: HookRequest,
     state: PrefetchState,
-    reader: FhirReader | None,
+    reader: FhirReader,
     allowed_fhir_bases: list[str],
 ) -> None:
-    """Fetch what prefetch lacked, or raise 412 (PrefetchError) saying what is missing."""
+    """Fetch what an incomplete prefetch lacked, or raise 412 (PrefetchError) saying what is
+    missing."""
     if state.failed:
         raise PrefetchError(
             "the EHR reported errors for prefetch " + ", ".join(sorted(state.failed))
         )
-    if prefetch_complete(state):
-        return
-    if reader is None:
-        raise FhirServerError("prefetch is incomplete and fetching from the FHIR server is off")
     await reader.fetch_missing(
         request, knowledge.plan.templates(request.hook), state, allowed_fhir_bases
     )
@@ -119,7 +116,7 @@ def decide(
     state: PrefetchState,
     settings: CallSettings,
     today: dt.date,
-    history: History | HistoryLookup = History(),
+    history: HistoryLookup = History,
     explain: bool = False,
 ) -> Decision:
     """Pure function of the inputs: the same context gives the same guidance."""
@@ -136,9 +133,8 @@ def decide(
     if record.patient is None:
         raise PrefetchError("no Patient resource with id context.patientId was provided")
     assessment = assess(knowledge.library, record, today, explain=explain)
-    lookup = history if callable(history) else lambda: history
-    card = _card_for_hook(knowledge, request, record, assessment, settings, lookup)
-    return Decision(request, CdsResponse(cards=[card] if card else []), assessment, record)
+    card = _card_for_hook(knowledge, request, record, assessment, settings, history)
+    return Decision(request, CdsResponse(cards=[card] if card else []), assessment)
 
 
 def _card_for_hook(
@@ -165,8 +161,8 @@ def _card_for_hook(
         if assessment.concern != "high" or history.referral_recorded_for_encounter:
             return None
         kind = "discharge"
-    elif request.hook in ("order-select", "order-sign"):
-        drafts = {f"{r['resourceType']}/{r.get('id')}" for r in record.draft_orders}
+    elif request.hook in ORDER_HOOKS:
+        drafts = {reference_key(r) for r in record.draft_orders}
         if not any(f.reference in drafts for r in assessment.counted for f in r.evidence):
             return None
         kind = "order"
@@ -183,7 +179,6 @@ def _card_for_hook(
         assessment=assessment,
         plan=plan,
         indicator=indicator,
-        concern=assessment.concern,
         patient_id=request.patient_id,
         encounter_id=request.encounter_id,
         page_url=page,

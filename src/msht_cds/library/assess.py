@@ -15,7 +15,7 @@ def assess(
     """Evaluate every active indicator once, in dependency order, then combine.
 
     `explain` also evaluates the near-miss tests, which only `explain` and previews show."""
-    ev = Evaluation(record=record, today=today, visit_date=record.visit_date(today))
+    ev = Evaluation(record=record, visit_date=record.visit_date(today))
     if library.assess_gate is not None and not library.assess_gate(ev)[0]:
         return Assessment([], None, None, library.version)
     results = []

@@ -58,13 +58,9 @@ class Evaluation:
     """Per-request state: the record, the visit date and what has been computed so far."""
 
     record: PatientRecord
-    today: dt.date
     visit_date: dt.date
     selector_results: dict[str, list[Fact]] = field(default_factory=dict)
     fired: dict[str, IndicatorResult] = field(default_factory=dict)
-    coding_sets: dict[tuple[int, str | None], frozenset[tuple[str, str]]] = field(
-        default_factory=dict
-    )
     code_indexes: dict[tuple[str, bool, str | None], CodeIndex] = field(default_factory=dict)
     text_matches: dict[tuple[str, str], bool] = field(default_factory=dict)
     text_indexes: dict[tuple[str, bool, tuple[str, ...]], dict[str, list[int]]] = field(
@@ -172,8 +168,8 @@ def _field_test(test: FieldTest) -> FieldCheck:
         allowed = frozenset(test.is_in)
         return lambda r, ev: any(v in allowed for v in values(r))
     if test.matches is not None:
-        search = TextSearch(test.matches)
-        return lambda r, ev: any(search(value, ev) for value in values(r))
+        paths = (test.path,) if isinstance(test.path, str) else tuple(test.path)
+        return TextTest(paths, values, TextSearch(test.matches))
     excluded = frozenset(test.not_in or ())
     return lambda r, ev: not any(v in excluded for v in values(r))
 
@@ -195,21 +191,16 @@ class TextSearch:
 
 
 @dataclass(frozen=True)
-class TextFilter:
-    """A selector's first `matches` test, used to narrow its candidates through an index of
-    the record's texts (built once per call for each resource type and set of paths)."""
+class TextTest:
+    """A `matches` test. A selector's first one also narrows its candidates, through an index
+    of the record's texts (built once per call for each resource type and set of paths)."""
 
     paths: tuple[str, ...]
     values: FieldValues
     search: TextSearch
 
-    @classmethod
-    def first_of(cls, tests: list[FieldTest]) -> TextFilter | None:
-        for test in tests:
-            if test.matches is not None:
-                paths = (test.path,) if isinstance(test.path, str) else tuple(test.path)
-                return cls(paths, _field_values(test), TextSearch(test.matches))
-        return None
+    def __call__(self, resource: Resource, ev: Evaluation) -> bool:
+        return any(self.search(value, ev) for value in self.values(resource))
 
 
 @dataclass(frozen=True)
@@ -287,7 +278,13 @@ class CompiledSelector:
     codes: CodeSet | None
     tests: list[FieldCheck]
     fhirpath: CompiledPath | None
-    text_filter: TextFilter | None = None
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        # One or a few candidates (the Patient, this encounter, its escorts): no indexes, and
+        # one fact per resource and description.
+        self.few = spec.resource == "Patient" or spec.current_encounter or spec.escort
+        self.text_filter = next((t for t in self.tests if isinstance(t, TextTest)), None)
 
     def facts(self, ev: Evaluation) -> list[Fact]:
         cached = ev.selector_results.get(self.key)
@@ -309,15 +306,14 @@ class CompiledSelector:
         spec, record = self.spec, ev.record
         birth = record.birth_date
         earliest = ev.visit_date - dt.timedelta(days=spec.within_days) if spec.within_days else None
-        per_fact_key = spec.resource == "Patient" or spec.current_encounter or spec.escort
         candidates = self._candidates(ev)
         narrowed: list[Resource] | None = None
         if self.codes is not None:
             narrowed = self._coded_candidates(ev, candidates)
-        elif self.text_filter is not None and not per_fact_key:
+        elif self.text_filter is not None and not self.few:
             narrowed = self._text_candidates(ev, candidates, self.text_filter)
         for resource in candidates if narrowed is None else narrowed:
-            if self.codes is not None and narrowed is None and not self._coded(ev, resource):
+            if self.codes is not None and narrowed is None and not self._coded(resource):
                 continue
             if not all(test(resource, ev) for test in self.tests):
                 continue
@@ -341,7 +337,7 @@ class CompiledSelector:
                 continue
             reference = reference_key(resource)
             key = reference
-            if per_fact_key:
+            if self.few:
                 key = f"{reference}#{spec.describe}"
             elif spec.question is not None:
                 key = f"{reference}#{spec.question.link_id}"
@@ -361,7 +357,7 @@ class CompiledSelector:
         resource by resource) for the few-candidate selectors."""
         assert self.codes is not None
         spec = self.spec
-        if spec.resource == "Patient" or spec.current_encounter or spec.escort:
+        if self.few:
             return None
         key = (spec.resource, _with_drafts(spec, ev), spec.code_path)
         index = ev.code_indexes.get(key)
@@ -372,7 +368,7 @@ class CompiledSelector:
         return [candidates[p] for p in sorted(hits)]
 
     def _text_candidates(
-        self, ev: Evaluation, candidates: list[Resource], text: TextFilter
+        self, ev: Evaluation, candidates: list[Resource], text: TextTest
     ) -> list[Resource]:
         """The candidates with a text that `text` matches, in record order; the other tests
         still run on each of them. Used only by selectors without `codes:`, whose value set
@@ -388,15 +384,10 @@ class CompiledSelector:
         hits = {p for value, found in index.items() if text.search(value, ev) for p in found}
         return [candidates[p] for p in sorted(hits)]
 
-    def _coded(self, ev: Evaluation, resource: Resource) -> bool:
-        """Any of the resource's codings in the value set; the codings are read once per
-        request for all the selectors that look at the same element."""
+    def _coded(self, resource: Resource) -> bool:
+        """Any of the resource's codings in the value set (the few-candidate selectors)."""
         assert self.codes is not None
-        key = (id(resource), self.spec.code_path)
-        found = ev.coding_sets.get(key)
-        if found is None:
-            found = ev.coding_sets[key] = frozenset(codings(resource, self.spec.code_path))
-        return self.codes.matches(found)
+        return self.codes.matches(codings(resource, self.spec.code_path))
 
 
 def _diagnosis_key(record: PatientRecord, condition: Resource, reference: str) -> str:
@@ -484,7 +475,6 @@ class Compiler:
                 codes,
                 [_field_test(t) for t in spec.where],
                 fhirpath,
-                TextFilter.first_of(spec.where),
             )
             self.selectors[key] = found
         return found

@@ -18,7 +18,6 @@ from ..errors import LibraryLoadError, LintIssue
 from .evaluate import CodeSet, CompiledIndicator, Compiler, Predicate
 from .fhirpath import FhirPathSyntaxError, check_syntax
 from .model import (
-    Case,
     CaseFile,
     Condition,
     Evidence,
@@ -62,13 +61,6 @@ class Library:
     @property
     def version(self) -> str:
         return self.manifest.version
-
-    @property
-    def active_indicators(self) -> list[Indicator]:
-        return [c.indicator for c in self.compiled]
-
-    def cases(self) -> list[tuple[Located, Case]]:
-        return [(located, case) for located in self.case_files for case in located.model.cases]
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -228,6 +220,13 @@ class _Loader:
         for located in manifests:
             for name, spec in located.model.evidence.items():
                 self._check_evidence(located.doc, name, spec, valuesets)
+            gate_conditions = _conditions(located.model.assess_when)
+            self._check_conditions(
+                located.doc,
+                located.model.evidence,
+                [(("assess_when",), c) for c in gate_conditions],
+                indicators,
+            )
         compiled: list[CompiledIndicator] = []
         gate: Predicate | None = None
         if not self.issues:
@@ -286,12 +285,22 @@ class _Loader:
         self, located: Located, valuesets: dict[str, Located], indicators: dict[str, Located]
     ) -> None:
         ind: Indicator = located.model
-        doc = located.doc
         for name, spec in ind.evidence.items():
-            self._check_evidence(doc, name, spec, valuesets)
-        for loc, cond in indicator_conditions(ind):
-            if cond.evidence is not None and cond.evidence not in ind.evidence:
-                known = ", ".join(sorted(ind.evidence)) or "none defined"
+            self._check_evidence(located.doc, name, spec, valuesets)
+        self._check_conditions(located.doc, ind.evidence, indicator_conditions(ind), indicators)
+
+    def _check_conditions(
+        self,
+        doc: YamlDocument,
+        evidence: dict[str, Evidence],
+        conditions: list[tuple[tuple[str | int, ...], Condition]],
+        indicators: dict[str, Located],
+    ) -> None:
+        """The names a condition uses exist, and its FHIRPath parses (indicators and the
+        library's `assess_when` alike)."""
+        for loc, cond in conditions:
+            if cond.evidence is not None and cond.evidence not in evidence:
+                known = ", ".join(sorted(evidence)) or "none defined"
                 self.issues.append(
                     doc.issue(
                         loc,

@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Form = Literal["labour", "criminal", "sexual", "domestic_servitude", "financial", "forced_marriage"]
-FORMS: tuple[Form, ...] = (
-    "labour",
-    "criminal",
-    "sexual",
-    "domestic_servitude",
-    "financial",
-    "forced_marriage",
-)
+FORMS: tuple[Form, ...] = get_args(Form)
 Strength = Literal["strong", "moderate", "contextual"]
 STRENGTH_RANK: dict[str, int] = {"contextual": 1, "moderate": 2, "strong": 3}
 Concern = Literal["high", "medium", "low"]
