@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import copy
 import io
 import json
 import logging
@@ -49,8 +48,8 @@ from msht_cds.app import create_app
 from msht_cds.config import Settings
 from msht_cds.runtime import Runtime
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE_REQUEST = ROOT / "examples" / "encounter-start-possible-exploitation.json"
+from .support import ROOT, example_request, free_port
+
 SERVICE = "msht-encounter-start"
 STARTUP_SECONDS = 60.0
 """Generous: a loaded 2-core machine compiles the library slowly."""
@@ -85,12 +84,6 @@ def library_env() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- requests
-
-
-def example_request() -> dict[str, Any]:
-    """The bundled example (encounter-start, produces a card); a fresh deep copy each time."""
-    data: dict[str, Any] = json.loads(EXAMPLE_REQUEST.read_text(encoding="utf-8"))
-    return copy.deepcopy(data)
 
 
 def empty_bundle() -> dict[str, Any]:
@@ -468,13 +461,6 @@ def clean_env(**variables: str) -> dict[str, str]:
     env.update(variables)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ServeProcess:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import gzip
 import json
+import shutil
 import socket
 import threading
 import time
@@ -31,8 +31,37 @@ def load_json(path: Path) -> Any:
 
 
 def example_request() -> dict[str, Any]:
+    """The bundled example (encounter-start, produces a card); a fresh copy each time."""
     data: dict[str, Any] = load_json(EXAMPLE_REQUEST)
-    return copy.deepcopy(data)
+    return data
+
+
+LINT_FIXTURE = ROOT / "tests" / "fixtures" / "lint"
+"""A small library (pathways/ beside cards/) for lint and CLI tests."""
+
+
+def copy_lint_fixture(tmp: Path) -> Path:
+    """A private, writable copy of the lint fixture; returns its `pathways/`."""
+    shutil.copytree(LINT_FIXTURE, tmp / "copy")
+    return tmp / "copy" / "pathways"
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    """Replace the first `old` in a file; it must be there."""
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def assert_outcome(response: Any, status: int) -> dict[str, Any]:
+    """A FHIR OperationOutcome error answer with this status."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"][0]["severity"] == "error"
+    assert body["issue"][0]["code"]
+    return body
 
 
 def free_port() -> int:

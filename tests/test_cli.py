@@ -20,24 +20,17 @@ from msht_cds.cli import app
 from msht_cds.explain import find_case, read_cases
 from msht_cds.service import load_knowledge
 
+from .support import LINT_FIXTURE, copy_lint_fixture, edit
 from .test_explain import SCENARIO, request_for
 
-FIXTURE = Path(__file__).parent / "fixtures" / "lint"
-PATHWAYS = FIXTURE / "pathways"
-CARDS = FIXTURE / "cards"
+PATHWAYS = LINT_FIXTURE / "pathways"
+CARDS = LINT_FIXTURE / "cards"
 runner = CliRunner()
 
 
 @pytest.fixture
 def library(tmp_path: Path) -> Path:
-    shutil.copytree(FIXTURE, tmp_path / "copy")
-    return tmp_path / "copy" / "pathways"
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    assert old in text
-    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return copy_lint_fixture(tmp_path)
 
 
 # --------------------------------------------------------------------------- lint
@@ -255,28 +248,17 @@ def test_installed_console_script(library: Path) -> None:
     script = Path(sys.executable).with_name("msht-cds")
     assert script.is_file(), "install the package: pip install -e '.[test]'"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSHT_CDS_")}
-    clean = subprocess.run(
-        [str(script), "lint", str(PATHWAYS)], capture_output=True, text=True, env=env, check=False
-    )
+
+    def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        command = [str(script), *args]
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+
+    clean = run("lint", str(PATHWAYS))
     assert (clean.returncode, clean.stdout) == (0, "0 error(s), 0 warning(s)\n")
     edit(library / "indicators" / "work-signs.yaml", "strength: moderate", "strength: medium")
-    broken = subprocess.run(
-        [str(script), "lint", "pathways"],
-        cwd=library.parent,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    broken = run("lint", "pathways", cwd=library.parent)
     assert broken.returncode == 1
     assert broken.stdout.startswith("pathways/indicators/work-signs.yaml:9:1: invalid-value ")
-    tests = subprocess.run(
-        [str(script), "test", "pathways"],
-        cwd=library.parent,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    tests = run("test", "pathways", cwd=library.parent)
     assert tests.returncode == 1
     assert "pathways/indicators/work-signs.yaml:9:1: invalid-value" in tests.stderr

@@ -14,7 +14,15 @@ from msht_cds.app import create_app
 from msht_cds.config import Settings
 from msht_cds.service import Knowledge
 
-from .support import SHARED, FhirServer, example_request, load_json, local_client, walk_no_empty
+from .support import (
+    SHARED,
+    FhirServer,
+    assert_outcome,
+    example_request,
+    load_json,
+    local_client,
+    walk_no_empty,
+)
 
 SERVICE = "/cds-services/msht-encounter-start"
 
@@ -29,14 +37,6 @@ def allowing(settings: Settings, knowledge: Knowledge, fhir_base: str) -> TestCl
     return local_client(
         create_app(settings.model_copy(update={"fhir_allowlist": fhir_base}), knowledge)
     )
-
-
-def assert_outcome(response: Any, status: int) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["resourceType"] == "OperationOutcome"
-    assert body["issue"][0]["severity"] == "error"
-    assert body["issue"][0]["code"]
 
 
 # --------------------------------------------------------------------------- §C requests
@@ -336,6 +336,7 @@ def test_official_examples_return_200_with_a_valid_response(
 def test_card_obeys_the_card_rules(client: TestClient) -> None:
     data = post(client, example_request()).json()
     walk_no_empty(data)
+    assert data["cards"]
     for card in data["cards"]:
         assert len(card["summary"]) < 140
         assert "\n" not in card["summary"]

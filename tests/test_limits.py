@@ -31,6 +31,7 @@ from .servers import (
     settings_for,
     templates_of,
 )
+from .support import assert_outcome
 
 pytest_plugins = ["tests.servers"]
 
@@ -74,16 +75,6 @@ def http() -> Iterator[httpx.Client]:
 
 def body_for(live: LiveApp, **changes: Any) -> dict[str, Any]:
     return full_request(templates_of(live.runtime), **changes)
-
-
-def assert_outcome(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    assert body["resourceType"] == "OperationOutcome"
-    assert body["issue"][0]["severity"] == "error"
-    assert body["issue"][0]["code"]
-    return body
 
 
 # --------------------------------------------------------------------------- request size

@@ -20,8 +20,9 @@ from msht_cds.library.loader import load_library
 from msht_cds.library.testing import run_cases
 from msht_cds.lint import CODES, LintCode, lint_library
 
+from .support import LINT_FIXTURE, copy_lint_fixture, edit
+
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = Path(__file__).parent / "fixtures" / "lint"
 UNKNOWN_FIELD_WHY = (
     "Check the spelling against the schema; unknown fields are rejected so that a typo never "
     "switches a rule off."
@@ -31,8 +32,7 @@ UNKNOWN_FIELD_WHY = (
 @pytest.fixture
 def library(tmp_path: Path) -> Path:
     """A private copy of the fixture library (pathways/ beside cards/) to edit."""
-    shutil.copytree(FIXTURE, tmp_path / "copy")
-    return tmp_path / "copy" / "pathways"
+    return copy_lint_fixture(tmp_path)
 
 
 def lint(library: Path) -> list[LintIssue]:
@@ -43,12 +43,6 @@ def lint(library: Path) -> list[LintIssue]:
 
 def lines(library: Path) -> list[str]:
     return [str(i) for i in lint(library)]
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- the code list
@@ -91,7 +85,7 @@ def test_every_code_the_source_can_emit_is_a_lint_code() -> None:
 
 
 def test_the_fixture_library_is_clean() -> None:
-    assert lines(FIXTURE / "pathways") == []
+    assert lines(LINT_FIXTURE / "pathways") == []
 
 
 def test_adding_a_contact_to_a_local_overlay_stays_clean(library: Path) -> None:
