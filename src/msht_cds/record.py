@@ -191,8 +191,9 @@ class PatientRecord:
             if full_url:
                 by_reference[full_url] = resource
         by_type = record.by_type
+        verdicts: dict[str, bool | None] = {}  # most resources name the same patient
         for resource in candidates:
-            if record._about_other_patient(resource):
+            if record._about_other_patient(resource, verdicts):
                 continue
             kind = resource["resourceType"]
             found = by_type.get(kind)
@@ -205,7 +206,7 @@ class PatientRecord:
                 record.draft_orders.append(order)
         return record
 
-    def _about_other_patient(self, resource: Resource) -> bool:
+    def _about_other_patient(self, resource: Resource, verdicts: dict[str, bool | None]) -> bool:
         """True for clinical data about someone else: never reason over another child."""
         if resource["resourceType"] == "Patient":
             return resource.get("id") != self.patient_id
@@ -215,15 +216,23 @@ class PatientRecord:
                 text = ref.get("reference")
                 if not isinstance(text, str):
                     continue
-                target = self.resolve(text)
-                if target is not None:
-                    return (
-                        target.get("resourceType") == "Patient"
-                        and target.get("id") != self.patient_id
-                    )
-                if text.startswith("Patient/") or "/Patient/" in text:
-                    return text.rsplit("/", 1)[-1] != self.patient_id
+                if text in verdicts:
+                    verdict = verdicts[text]
+                else:
+                    verdict = verdicts[text] = self._names_other_patient(text)
+                if verdict is not None:
+                    return verdict
         return False
+
+    def _names_other_patient(self, reference: str) -> bool | None:
+        """Whether a reference names a patient other than this child; None when it names no
+        patient that can be told (then the resource's other links decide)."""
+        target = self.resolve(reference)
+        if target is not None:
+            return target.get("resourceType") == "Patient" and target.get("id") != self.patient_id
+        if reference.startswith("Patient/") or "/Patient/" in reference:
+            return reference.rsplit("/", 1)[-1] != self.patient_id
+        return None
 
     # ------------------------------------------------------------------ access
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -204,6 +205,35 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+class _Upserts:
+    """The insert-or-ignore statements, built once: building one per call costs more than
+    running it. Only the dialect in use is imported (the other costs every worker a few MB);
+    both SQLite and PostgreSQL have ON CONFLICT."""
+
+    def __init__(self, dialect: str) -> None:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql as dialect_module
+        else:
+            from sqlalchemy.dialects import sqlite as dialect_module  # type: ignore[no-redef]
+        insert: Callable[[sa.Table], Any] = dialect_module.insert
+        self.card = insert(issued_cards).on_conflict_do_nothing(index_elements=["uuid"])
+        self.referral = insert(referrals).on_conflict_do_nothing(
+            index_elements=["patient_key", "encounter_key"]
+        )
+        self.feedback = (
+            insert(feedback)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(feedback.c.id)
+        )
+        claim = insert(jwt_replay)
+        self.claim = claim.on_conflict_do_update(
+            index_elements=["claim_key"],
+            set_={"expires_at": claim.excluded.expires_at},
+            where=jwt_replay.c.expires_at <= sa.bindparam("now"),
+        ).returning(jwt_replay.c.claim_key)
+        """Inserts (issuer, jti), or takes over a row whose expiry has passed (`now`)."""
+
+
 class Storage:
     """Sync SQLAlchemy access for SQLite (single host) or PostgreSQL (replicas)."""
 
@@ -288,28 +318,20 @@ class Storage:
     def encounter_key(self, encounter_id: str) -> str:
         return self._hash("Encounter", encounter_id)
 
-    def _insert(self, table: sa.Table) -> Any:
-        """Dialect insert supporting ON CONFLICT (both SQLite and PostgreSQL have it). Only the
-        dialect in use is imported: the other costs every worker a few MB."""
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects import postgresql
-
-            return postgresql.insert(table)
-        from sqlalchemy.dialects import sqlite
-
-        return sqlite.insert(table)
+    @cached_property
+    def _upserts(self) -> _Upserts:
+        return _Upserts(self.dialect)
 
     def record_call(self, call: CallRecord, cards: Sequence[IssuedCard] = ()) -> None:
         """The audit row and the cards it issued, in one transaction (one commit)."""
         with self.transaction() as connection:
-            connection.execute(calls.insert().values(**call.__dict__))
+            connection.execute(calls.insert(), call.__dict__)
             self._add_cards(connection, cards)
 
     def _add_cards(self, connection: sa.Connection, cards: Sequence[IssuedCard]) -> None:
         """Insert-or-ignore: a retried write of the same card uuid is not an error."""
         for card in cards:
-            stmt = self._insert(issued_cards).values(**card.__dict__)
-            connection.execute(stmt.on_conflict_do_nothing(index_elements=["uuid"]))
+            connection.execute(self._upserts.card, card.__dict__)
 
     def record_feedback(
         self,
@@ -339,9 +361,7 @@ class Storage:
                     "received_at": now,
                     **entry.__dict__,
                 }
-                stmt = self._insert(feedback).values(**values)
-                stmt = stmt.on_conflict_do_nothing(index_elements=["dedupe_key"])
-                if connection.execute(stmt.returning(feedback.c.id)).first() is None:
+                if connection.execute(self._upserts.feedback, values).first() is None:
                     duplicates += 1
                     continue
                 stored += 1
@@ -377,12 +397,8 @@ class Storage:
     def _add_referral(
         self, connection: sa.Connection, patient_key: str, encounter_key: str | None, at: datetime
     ) -> None:
-        stmt = self._insert(referrals).values(
-            patient_key=patient_key, encounter_key=encounter_key or "", at=at
-        )
-        connection.execute(
-            stmt.on_conflict_do_nothing(index_elements=["patient_key", "encounter_key"])
-        )
+        values = {"patient_key": patient_key, "encounter_key": encounter_key or "", "at": at}
+        connection.execute(self._upserts.referral, values)
 
     def record_referral(self, patient_key: str, encounter_key: str | None, at: datetime) -> None:
         with self.transaction() as connection:
@@ -417,15 +433,9 @@ class DatabaseReplayCache:
         now = self._clock()
         key = hashlib.sha256(f"{issuer}\x00{jti}".encode()).hexdigest()
         storage = self._storage
-        stmt = storage._insert(jwt_replay).values(claim_key=key, expires_at=expires_at)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["claim_key"],
-            set_={"expires_at": stmt.excluded.expires_at},
-            where=jwt_replay.c.expires_at <= now,
-        )
+        values = {"claim_key": key, "expires_at": expires_at, "now": now}
         with storage.transaction() as connection:
-            returned = connection.execute(stmt.returning(jwt_replay.c.claim_key))
-            claimed = returned.first() is not None
+            claimed = connection.execute(storage._upserts.claim, values).first() is not None
         if next(self._claims) % self.PRUNE_EVERY == 1:
             self.prune(now)
         return claimed
