@@ -177,6 +177,42 @@ def test_concurrent_calls_take_turns_and_are_all_answered(live: LiveApp) -> None
     assert all(r.json()["cards"] for r in statuses)
 
 
+def test_a_failed_audit_write_is_a_500_and_the_turn_is_given_back(
+    live: LiveApp, http: httpx.Client
+) -> None:
+    """The audit rows are committed before the answer; when that fails the call is a 500
+    (the database is the server's fault, not the request's), and the next call still gets
+    its turn: nothing is left holding the worker."""
+    storage = live.runtime.storage
+    record_call = storage.record_call
+
+    def database_down(*args: object, **kwargs: object) -> None:
+        raise OSError("disk I/O error")
+
+    storage.record_call = database_down  # type: ignore[method-assign]
+    try:
+        failed = http.post(live.service_url(), json=body_for(live))
+    finally:
+        storage.record_call = record_call  # type: ignore[method-assign]
+    assert_outcome(failed, 500)
+    assert http.post(live.service_url(), json=body_for(live)).status_code == 200
+    _wait_for_the_turn(live)
+
+
+def test_the_turn_is_given_back_once_the_answer_is_sent(live: LiveApp, http: httpx.Client) -> None:
+    for _ in range(3):
+        assert http.post(live.service_url(), json=body_for(live)).status_code == 200
+        _wait_for_the_turn(live)
+
+
+def _wait_for_the_turn(live: LiveApp) -> None:
+    """The record is freed, and the turn given back, just after the answer is sent."""
+    deadline = time.monotonic() + MARGIN
+    while live.runtime.evaluation_slot.locked():
+        assert time.monotonic() < deadline, "the call kept its turn after answering"
+        time.sleep(0.01)
+
+
 def test_feedback_body_over_the_limit_is_413(live: LiveApp, http: httpx.Client) -> None:
     payload = b'{"feedback": [' + b'{"card": "x"},' * 200_000 + b'{"card": "x"}]}'
     response = http.post(f"{live.service_url()}/feedback", content=payload)
