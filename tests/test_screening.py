@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from msht_cds.library.evaluate import scored_items, screening_score
 from msht_cds.screening import (
     QYIT,
     SSCST,
@@ -240,3 +241,21 @@ def test_sscst_questionnaire_states_threshold_and_paraphrase() -> None:
     text = data["description"].lower()
     assert "2 or more" in text
     assert "paraphrase" in text
+
+
+@pytest.mark.parametrize(("name", "tool"), [("sscst", SSCST), ("qyit", QYIT)])
+def test_the_service_scores_as_the_tool_does(name: str, tool: ScreeningTool) -> None:
+    """The served rule (`score:` reads the scored items from the shipped Questionnaire) and
+    this typed statement of it agree, item for item, on every pattern of answers, with
+    repeated items and items of no tool added."""
+    items = scored_items(_questionnaire(name))
+    assert items == frozenset(tool.items)
+    for pattern in range(2 ** len(tool.items)):
+        response = _response(tool, 0)
+        for i, item in enumerate(response["item"]):
+            item["answer"] = [{"valueBoolean": bool(pattern >> i & 1)}]
+        response["item"] += [
+            {"linkId": tool.items[-1], "answer": [{"valueBoolean": True}]},
+            {"linkId": "consent-given", "answer": [{"valueBoolean": True}]},
+        ]
+        assert screening_score(response, items) == score(response)

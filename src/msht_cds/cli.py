@@ -13,7 +13,7 @@ import orjson
 import typer
 
 from .config import Settings, is_loopback_host
-from .errors import LibraryLoadError, RequestError
+from .errors import LibraryLoadError, RequestError, operation_outcome
 
 if TYPE_CHECKING:
     from .explain import Explanation
@@ -136,7 +136,7 @@ def evaluate(
     cards: Annotated[Path | None, typer.Option(help="Card templates folder.")] = None,
 ) -> None:
     """Print the response the service would give to REQUEST_FILE, offline (no FHIR calls)."""
-    from .service import CallSettings, decide, prepare
+    from .service import CallSettings, decide_offline
 
     settings = _settings(library_dir=library, cards_dir=cards)
     knowledge = _knowledge(settings)
@@ -145,32 +145,12 @@ def evaluate(
     except (OSError, orjson.JSONDecodeError) as exc:
         typer.echo(f"{request_file}: cannot read JSON: {exc}", err=True)
         raise typer.Exit(2) from exc
-    hook = body.get("hook") if isinstance(body, dict) else None
+    day = dt.date.fromisoformat(today) if today else dt.date.today()
     try:
-        request, state = prepare(knowledge, body, str(hook))
-        if state.failed or state.missing:
-            missing = ", ".join(sorted(state.failed + state.missing))
-            raise RequestError(f"prefetch lacks {missing} (evaluate does not fetch)", 412)
-        day = dt.date.fromisoformat(today) if today else dt.date.today()
-        decision = decide(
-            knowledge,
-            request,
-            state,
-            CallSettings.from_settings(settings),
-            day,
-        )
+        where = CallSettings.from_settings(settings)
+        decision = decide_offline(knowledge, body, where, day, tool="evaluate")
     except RequestError as exc:
-        typer.echo(
-            json.dumps(
-                {
-                    "resourceType": "OperationOutcome",
-                    "issue": [
-                        {"severity": "error", "code": exc.issue_code, "diagnostics": exc.message}
-                    ],
-                },
-                indent=2,
-            )
-        )
+        typer.echo(json.dumps(operation_outcome(exc.issue_code, exc.message), indent=2))
         raise typer.Exit(1) from exc
     typer.echo(decision.response.model_dump_json(exclude_none=True, indent=2))
 

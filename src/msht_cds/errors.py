@@ -113,3 +113,9 @@ class PrefetchError(RequestError):
 
 class FhirServerError(PrefetchError):
     """The FHIR server was not allowed, failed, was too slow or sent something unusable."""
+
+
+def operation_outcome(code: str, message: str) -> dict[str, Any]:
+    """The FHIR OperationOutcome with one error issue that every error answer carries."""
+    issue = {"severity": "error", "code": code, "diagnostics": message}
+    return {"resourceType": "OperationOutcome", "issue": [issue]}

@@ -21,14 +21,14 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from .cdshooks import ORDER_HOOKS, Card, HookRequest
-from .errors import LintIssue, RequestError
+from .errors import LintIssue
 from .library.evaluate import Assessment, IndicatorResult
 from .library.loader import Library, parse_model
 from .library.model import Case, CaseFile
 from .library.yamlfile import YamlDocument, read_yaml
 from .pages import WEB_TEMPLATES
 from .prefetch import PrefetchState
-from .service import CallSettings, Decision, Knowledge, decide, prepare
+from .service import CallSettings, Decision, Knowledge, decide, decide_offline
 
 PREVIEW_USER = "Practitioner/msht-cds-preview"
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table").enable("strikethrough")
@@ -131,12 +131,7 @@ def explain_request(
 ) -> Explanation:
     """Evaluate a saved CDS Hooks request offline; raises RequestError (412) when its
     prefetch lacks data, since nothing is fetched here."""
-    hook = str(body.get("hook")) if isinstance(body, dict) else ""
-    request, state = prepare(knowledge, body, hook)
-    if state.failed or state.missing:
-        missing = ", ".join(sorted(state.failed + state.missing))
-        raise RequestError(f"prefetch lacks {missing} (explain does not fetch)", 412)
-    decision = decide(knowledge, request, state, where, today, explain=True)
+    decision = decide_offline(knowledge, body, where, today, tool="explain", explain=True)
     return Explanation(Path(origin).name, origin, today, where, knowledge.library, decision)
 
 

@@ -34,6 +34,7 @@ from .errors import (
     PayloadTooLargeError,
     RequestError,
     RequestTimeoutError,
+    operation_outcome,
 )
 from .hookcall import Answered, HookCall, decode_json
 from .logs import get_logger
@@ -77,9 +78,7 @@ def runtime_of(request: Request) -> Runtime:
 
 
 def outcome_body(code: str, message: str) -> bytes:
-    """An OperationOutcome with one error issue: the body of every error answer."""
-    issue = {"severity": "error", "code": code, "diagnostics": message}
-    return orjson.dumps({"resourceType": "OperationOutcome", "issue": [issue]})
+    return orjson.dumps(operation_outcome(code, message))
 
 
 def outcome(status: int, code: str, message: str) -> Response:

@@ -137,6 +137,25 @@ def decide(
     return Decision(request, CdsResponse(cards=[card] if card else []), assessment)
 
 
+def decide_offline(
+    knowledge: Knowledge,
+    body: object,
+    settings: CallSettings,
+    today: dt.date,
+    *,
+    tool: str,
+    explain: bool = False,
+) -> Decision:
+    """A saved hook request decided by a tool (`evaluate`, `explain`), which fetches
+    nothing: RequestError 412 when its prefetch lacks data."""
+    hook = str(body.get("hook")) if isinstance(body, dict) else ""
+    request, state = prepare(knowledge, body, hook)
+    if state.failed or state.missing:
+        missing = ", ".join(sorted(state.failed + state.missing))
+        raise PrefetchError(f"prefetch lacks {missing} ({tool} does not fetch)")
+    return decide(knowledge, request, state, settings, today, explain=explain)
+
+
 def _card_for_hook(
     knowledge: Knowledge,
     request: HookRequest,

@@ -246,13 +246,30 @@ def _leaf_items(items: list[Any]) -> Iterator[dict[str, Any]]:
             yield from _leaf_items(array(item.get("item")))
 
 
-def screening_score(resource: Resource) -> int:
-    """Number of items answered `yes` (valueBoolean true) in a screening response."""
-    return sum(
-        1
-        for item in _leaf_items(array(resource.get("item")))
-        if any(isinstance(a, dict) and a.get("valueBoolean") is True for a in item["answer"])
-    )
+def scored_items(questionnaire: dict[str, Any]) -> frozenset[str]:
+    """The linkIds a screening Questionnaire scores: its boolean items, at any depth."""
+    found: set[str] = set()
+    for item in array(questionnaire.get("item")):
+        if isinstance(item, dict):
+            if item.get("type") == "boolean" and isinstance(item.get("linkId"), str):
+                found.add(item["linkId"])
+            found |= scored_items(item)
+    return frozenset(found)
+
+
+def screening_score(resource: Resource, items: frozenset[str]) -> int:
+    """The tool's published score: how many of its `items` are answered `yes`
+    (valueBoolean true). Each item counts once, and items of no tool never count."""
+    answered_yes = set()
+    for item in _leaf_items(array(resource.get("item"))):
+        link_id = item.get("linkId")
+        if (
+            isinstance(link_id, str)
+            and link_id in items
+            and any(isinstance(a, dict) and a.get("valueBoolean") is True for a in item["answer"])
+        ):
+            answered_yes.add(link_id)
+    return len(answered_yes)
 
 
 def question_matches(resource: Resource, question: QuestionTest) -> bool:
@@ -278,6 +295,9 @@ class CompiledSelector:
     codes: CodeSet | None
     tests: list[FieldCheck]
     fhirpath: CompiledPath | None
+    scored_items: frozenset[str] = frozenset()
+    """With `score:`, the items its Questionnaire scores (none when the library lacks it:
+    lint warns `unknown-questionnaire`)."""
 
     def __post_init__(self) -> None:
         spec = self.spec
@@ -330,7 +350,7 @@ class CompiledSelector:
                 continue
             if spec.score is not None and not (
                 _answered(resource, spec.score.questionnaire)
-                and screening_score(resource) >= spec.score.at_least
+                and screening_score(resource, self.scored_items) >= spec.score.at_least
             ):
                 continue
             if self.fhirpath is not None and not truthy(self.fhirpath(resource, ev.variables)):
@@ -459,8 +479,12 @@ def _in_range(age: int, spec: Any) -> bool:
 class Compiler:
     """Turns the library's conditions into closures; shares identical selectors."""
 
-    def __init__(self, valuesets: dict[str, CodeSet]) -> None:
+    def __init__(
+        self, valuesets: dict[str, CodeSet], scored: dict[str, frozenset[str]] | None = None
+    ) -> None:
         self.valuesets = valuesets
+        self.scored = scored or {}
+        """Scored items by Questionnaire URL."""
         self.selectors: dict[str, CompiledSelector] = {}
 
     def selector(self, spec: Evidence) -> CompiledSelector:
@@ -475,9 +499,17 @@ class Compiler:
                 codes,
                 [_field_test(t) for t in spec.where],
                 fhirpath,
+                self.scored.get(spec.score.questionnaire, frozenset())
+                if spec.score
+                else frozenset(),
             )
             self.selectors[key] = found
         return found
+
+    def _scored_items(self, spec: Evidence) -> frozenset[str]:
+        if spec.score is None:
+            return frozenset()
+        return self.scored.get(spec.score.questionnaire.split("|", 1)[0], frozenset())
 
     def condition(self, cond: Condition, evidence: dict[str, Evidence]) -> Predicate:
         if cond.all is not None:

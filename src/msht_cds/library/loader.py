@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ..errors import LibraryLoadError, LintIssue
-from .evaluate import CodeSet, CompiledIndicator, Compiler, Predicate
+from .evaluate import CodeSet, CompiledIndicator, Compiler, Predicate, scored_items
 from .fhirpath import FhirPathSyntaxError, check_syntax
 from .model import (
     CaseFile,
@@ -230,7 +230,7 @@ class _Loader:
         compiled: list[CompiledIndicator] = []
         gate: Predicate | None = None
         if not self.issues:
-            compiler = self._compiler(valuesets)
+            compiler = self._compiler(valuesets, questionnaires)
             compiled = self._compile(compiler, indicators)
             manifest = manifests[0].model if manifests else None
             if manifest is not None and manifest.assess_when is not None:
@@ -385,7 +385,9 @@ class _Loader:
                 )
 
     @staticmethod
-    def _compiler(valuesets: dict[str, Located]) -> Compiler:
+    def _compiler(
+        valuesets: dict[str, Located], questionnaires: dict[str, dict[str, Any]]
+    ) -> Compiler:
         return Compiler(
             {
                 ident: CodeSet(
@@ -397,7 +399,8 @@ class _Loader:
                     ),
                 )
                 for ident, loc in valuesets.items()
-            }
+            },
+            {url: scored_items(questionnaire) for url, questionnaire in questionnaires.items()},
         )
 
     def _compile(
