@@ -1,18 +1,17 @@
 """The work of one hook call off the event loop: decode the body, read the prefetch, evaluate,
-read the patient's history when a card is to be built, render the response and commit the
+read the patient's history when a card is to be built, render the response and prepare the
 audit rows, in one job.
 
-The cyclic collector is paused throughout (see `runtime.collector_paused`). A call's decoded
-record is freed by `release()`, after the answer is sent and before the call gives back its
-turn, so a worker that takes calls in turn holds one record at a time (besides those of calls
-waiting on a FHIR server for missing prefetch).
+A call's decoded record is freed before the job returns, with the cyclic collector paused
+throughout (see `runtime.collector_paused`), so a worker that takes calls in turn holds one
+record at a time (besides those of calls waiting on a FHIR server for missing prefetch).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -40,8 +39,8 @@ AuditRows = tuple[CallRecord, list[IssuedCard]]
 
 @dataclass(frozen=True)
 class Answered:
-    """An evaluated call's answer: the response body, the (committed) audit rows and what
-    metrics count."""
+    """What an evaluated call leaves once its record is freed: the response body, the audit
+    rows and what metrics count."""
 
     body: bytes
     audit: AuditRows
@@ -59,33 +58,24 @@ class HookCall:
     hook: str
     started: float
     client: VerifiedClient | None = None
-    _record: tuple[HookRequest, PrefetchState] | None = field(default=None, repr=False)
-    _decision: Decision | None = field(default=None, repr=False)
 
-    def start(self, raw: bytearray) -> Answered | None:
-        """Decode and read the prefetch; when it is complete (the usual case), the whole call.
-        None when data is missing: fetch it (`pending`), then `finish()`."""
+    def start(self, raw: bytearray) -> Answered | tuple[HookRequest, PrefetchState]:
+        """The whole call when prefetch is complete (the usual case): the decoded request is
+        freed before returning. Otherwise what is needed to fetch the rest."""
         with collector_paused():
             decoded = decode_json(raw)
             raw.clear()  # the tree replaces the bytes: hold one of them, not both
-            self._record = prepare(self.knowledge, decoded, self.hook)
+            hook_request, state = prepare(self.knowledge, decoded, self.hook)
             del decoded
-            if not prefetch_complete(self._record[1]):
-                return None
-            return self.finish()
+            if not prefetch_complete(state):
+                return hook_request, state
+            try:
+                return self.finish(hook_request, state)
+            finally:
+                del hook_request, state
 
-    @property
-    def pending(self) -> tuple[HookRequest, PrefetchState]:
-        """The request and prefetch read so far (the decoded record, until `release()`)."""
-        if self._record is None:
-            raise RuntimeError("start() has not read a request")
-        return self._record
-
-    def finish(self) -> Answered:
-        """Evaluate, render and commit the audit rows, so that feedback on a card always finds
-        it. The record is kept until `release()`: freeing it can wait for the answer."""
+    def finish(self, hook_request: HookRequest, state: PrefetchState) -> Answered:
         with collector_paused():
-            hook_request, state = self.pending
             settings = self.runtime.settings
             if len(state.resources) > settings.max_resources:
                 raise PayloadTooLargeError(
@@ -103,24 +93,12 @@ class HookCall:
             body = decision.response.model_dump_json(exclude_none=True).encode()
             latency = time.perf_counter() - self.started
             cards = decision.response.cards
-            answered = Answered(
+            return Answered(
                 body,
                 self.audit_rows(200, latency, decision),
                 latency,
                 [card.indicator for card in cards],
             )
-            self._decision = decision  # its evaluation is freed with the record
-            self.runtime.storage.record_call(*answered.audit)
-            return answered
-
-    @property
-    def holds_record(self) -> bool:
-        return self._record is not None
-
-    def release(self) -> None:
-        """Free the decoded record: a large one takes milliseconds, after the answer is sent."""
-        with collector_paused():
-            self._record = self._decision = None
 
     def history(self, request: HookRequest) -> History:
         storage = self.runtime.storage

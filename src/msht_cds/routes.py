@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -21,7 +20,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope, Send
 
 from .auth import VerifiedClient, bearer_token
 from .cards import referral_suggestion_uuid
@@ -41,7 +39,7 @@ from .logs import get_logger
 from .pages import render_pathway_page
 from .runtime import Runtime
 from .service import HOOK_BY_SERVICE, SERVICE_IDS, complete_prefetch
-from .storage import CallRecord, FeedbackEntry
+from .storage import FeedbackEntry
 
 router = APIRouter()
 log = get_logger("msht_cds.http")
@@ -88,16 +86,12 @@ def outcome(status: int, code: str, message: str) -> Response:
 UNAUTHORIZED_BODY = outcome_body("login", "Authentication failed.")
 
 
-def error_parts(error: RequestError) -> tuple[int, bytes, dict[str, str]]:
-    """Status, body and headers answering a rejected request; every 401 looks the same."""
-    if isinstance(error, AuthError):
-        return 401, UNAUTHORIZED_BODY, {"WWW-Authenticate": "Bearer"}
-    return error.status_code, outcome_body(error.issue_code, error.message), {}
-
-
 def error_response(error: RequestError) -> Response:
-    status, body, headers = error_parts(error)
-    return Response(body, status_code=status, headers=headers, media_type=JSON_MEDIA)
+    """The answer to a rejected request; every 401 looks the same."""
+    if isinstance(error, AuthError):
+        headers = {"WWW-Authenticate": "Bearer"}
+        return Response(UNAUTHORIZED_BODY, 401, headers=headers, media_type=JSON_MEDIA)
+    return outcome(error.status_code, error.issue_code, error.message)
 
 
 async def read_body(request: Request, limit: int, deadline: float | None = None) -> bytearray:
@@ -170,48 +164,6 @@ async def discovery(request: Request) -> Any:
 # --------------------------------------------------------------------------- hook calls
 
 
-class CallTurn:
-    """A hook call's turn in its worker (`Runtime.evaluation_slot`): taken before the body is
-    read, given back once the call's record is freed, after the answer is sent."""
-
-    def __init__(self, slot: asyncio.Lock) -> None:
-        self._slot = slot
-        self._held = False
-
-    async def take(self) -> None:
-        await self._slot.acquire()
-        self._held = True
-
-    def give_back(self) -> None:
-        if self._held:
-            self._held = False
-            self._slot.release()
-
-
-class HookCallResponse(Response):
-    """A hook call's answer; `after()` runs once it is sent, or once sending failed, so the
-    EHR does not wait for what it does not need (freeing the record, the log line)."""
-
-    media_type = JSON_MEDIA
-
-    def __init__(
-        self,
-        body: bytes,
-        after: Callable[[], Awaitable[None]],
-        status_code: int = 200,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(body, status_code, headers)
-        self.after = after
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.after()
-
-
 @router.post("/cds-services/{service_id}")
 async def call_service(service_id: str, request: Request) -> Response:
     """Invoke a hook service. Body: a CDS Hooks request (read raw, validated by hand)."""
@@ -222,97 +174,73 @@ async def call_service(service_id: str, request: Request) -> Response:
         return outcome(404, "not-found", f"no service `{service_id}`; see /cds-services")
     request_id = str(uuid.uuid4())
     call = HookCall(runtime, runtime.knowledge, service_id, hook, started)
-    turn = CallTurn(runtime.evaluation_slot)
+    answered: Answered | None = None
     try:
-        try:
-            answered = await answer(call, turn, request)
-            status, body, headers = 200, answered.body, dict[str, str]()
-            call_row = answered.audit[0]
-            latency = answered.latency
-        except RequestError as exc:
-            status, body, headers = error_parts(exc)
-            if status != 401:
-                log.info("hook_rejected", request_id=request_id, reason=exc.issue_code)
-            answered, call_row = None, await _audit_failure(call, status)
-            latency = call_row.latency_ms / 1000
-        except RecursionError:
-            status, headers = 400, {}
-            body = outcome_body("structure", "the JSON is nested too deeply")
-            answered, call_row = None, await _audit_failure(call, status)
-            latency = call_row.latency_ms / 1000
-    except BaseException:  # unexpected: the app answers 500; the turn must not stay taken
-        await _end_turn(call, turn)
-        raise
-
-    async def after() -> None:
-        await _end_turn(call, turn)
-        metrics = runtime.metrics
-        metrics.requests.labels(service_id, str(status)).inc()
-        metrics.latency.labels(service_id).observe(latency)
-        if answered is not None:  # indicator ids and concern are set only when cards were issued
-            for card_indicator in answered.card_indicators:
-                metrics.cards.labels(service_id, card_indicator, call_row.concern or "").inc()
-            for ident in call_row.indicator_ids:
-                metrics.indicators.labels(ident).inc()
-        log.info(
-            "hook_call",
-            request_id=request_id,
-            hook=hook,
-            service=service_id,
-            status=status,
-            library_version=call.knowledge.version,
-            latency_ms=round(latency * 1000, 2),
-            cards=len(answered.card_indicators) if answered else 0,
-        )
-
-    headers["X-Library-Version"] = call.knowledge.version
-    headers["X-Request-Id"] = request_id
-    return HookCallResponse(body, after, status, headers)
-
-
-async def answer(call: HookCall, turn: CallTurn, request: Request) -> Answered:
-    """Authenticate, then read, evaluate and audit in the call's turn; data missing from the
-    prefetch is fetched from the FHIR server outside the turn."""
-    runtime = call.runtime
-    call.client = await authenticate(request, runtime, f"/cds-services/{call.service_id}")
-    await turn.take()
-    # Read in the turn too: a waiting call's body stays in the socket, not in memory, so a
-    # worker's memory is bounded whatever the number of callers. The price: a slow upload
-    # holds the turn, up to the hook deadline (then 408).
-    settings = runtime.settings
-    raw = await read_body(request, settings.max_body_bytes, settings.hook_deadline_seconds)
-    answered = await anyio.to_thread.run_sync(call.start, raw)
+        call.client = await authenticate(request, runtime, f"/cds-services/{service_id}")
+        async with runtime.evaluation_slot:
+            # Read in the turn too: a waiting call's body stays in the socket, not in memory,
+            # so a worker's memory is bounded whatever the number of callers. The price: a
+            # slow upload holds the turn, up to the hook deadline (then 408).
+            raw = await read_body(
+                request, runtime.settings.max_body_bytes, runtime.settings.hook_deadline_seconds
+            )
+            result = await anyio.to_thread.run_sync(call.start, raw)
+        if isinstance(result, Answered):
+            answered = result
+        else:  # prefetch was incomplete: fetch without holding the evaluation slot
+            hook_request, state = result
+            allowed = runtime.allowed_fhir_bases(
+                call.client.client.fhir_servers if call.client else None
+            )
+            try:
+                async with asyncio.timeout(runtime.settings.hook_deadline_seconds):
+                    await complete_prefetch(
+                        call.knowledge, hook_request, state, runtime.reader, allowed
+                    )
+            except TimeoutError as exc:
+                raise FhirServerError("the FHIR server did not answer within the deadline") from exc
+            async with runtime.evaluation_slot:
+                answered = await anyio.to_thread.run_sync(call.finish, hook_request, state)
+            del hook_request, state, result
+        status = 200
+        response: Response = Response(answered.body, media_type=JSON_MEDIA)
+        audit = answered.audit
+        latency = answered.latency
+    except RequestError as exc:
+        status = exc.status_code
+        response = error_response(exc)
+        if status != 401:
+            log.info("hook_rejected", request_id=request_id, reason=exc.issue_code)
+        latency = time.perf_counter() - started
+        audit = call.audit_rows(status, latency)
+    except RecursionError:
+        status = 400
+        response = outcome(400, "structure", "the JSON is nested too deeply")
+        latency = time.perf_counter() - started
+        audit = call.audit_rows(status, latency)
+    response.headers["X-Library-Version"] = call.knowledge.version
+    response.headers["X-Request-Id"] = request_id
+    await anyio.to_thread.run_sync(runtime.storage.record_call, *audit)
+    metrics = runtime.metrics
+    metrics.requests.labels(service_id, str(status)).inc()
+    metrics.latency.labels(service_id).observe(latency)
     if answered is not None:
-        return answered
-    turn.give_back()
-    hook_request, state = call.pending
-    allowed = runtime.allowed_fhir_bases(call.client.client.fhir_servers if call.client else None)
-    try:
-        async with asyncio.timeout(settings.hook_deadline_seconds):
-            await complete_prefetch(call.knowledge, hook_request, state, runtime.reader, allowed)
-    except TimeoutError as exc:
-        raise FhirServerError("the FHIR server did not answer within the deadline") from exc
-    finally:
-        del hook_request, state
-    await turn.take()
-    return await anyio.to_thread.run_sync(call.finish)
-
-
-async def _audit_failure(call: HookCall, status: int) -> CallRecord:
-    latency = time.perf_counter() - call.started
-    audit = call.audit_rows(status, latency)
-    await anyio.to_thread.run_sync(call.runtime.storage.record_call, *audit)
-    return audit[0]
-
-
-async def _end_turn(call: HookCall, turn: CallTurn) -> None:
-    """Free the call's record (if it holds one), then give back its turn, whatever happens."""
-    with anyio.CancelScope(shield=True):
-        try:
-            if call.holds_record:
-                await anyio.to_thread.run_sync(call.release)
-        finally:
-            turn.give_back()
+        call_row = audit[0]  # indicator ids and concern are set only when cards were issued
+        for card_indicator in answered.card_indicators:
+            metrics.cards.labels(service_id, card_indicator, call_row.concern or "").inc()
+        for ident in call_row.indicator_ids:
+            metrics.indicators.labels(ident).inc()
+    log.info(
+        "hook_call",
+        request_id=request_id,
+        hook=hook,
+        service=service_id,
+        status=status,
+        library_version=call.knowledge.version,
+        latency_ms=round(latency * 1000, 2),
+        cards=len(answered.card_indicators) if answered else 0,
+    )
+    return response
 
 
 @router.get("/cds-services/{service_id}", include_in_schema=False)
