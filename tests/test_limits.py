@@ -199,14 +199,15 @@ def test_a_failed_audit_write_is_a_500_and_the_turn_is_given_back(
     _wait_for_the_turn(live)
 
 
-def test_the_turn_is_given_back_once_the_answer_is_sent(live: LiveApp, http: httpx.Client) -> None:
+def test_every_answered_call_gives_back_its_turn(live: LiveApp, http: httpx.Client) -> None:
     for _ in range(3):
         assert http.post(live.service_url(), json=body_for(live)).status_code == 200
         _wait_for_the_turn(live)
 
 
 def _wait_for_the_turn(live: LiveApp) -> None:
-    """The record is freed, and the turn given back, just after the answer is sent."""
+    """A call gives back its turn once its record is freed, before its audit commit and its
+    answer: by the time the client has the answer, the turn is free (allow for scheduling)."""
     deadline = time.monotonic() + MARGIN
     while live.runtime.evaluation_slot.locked():
         assert time.monotonic() < deadline, "the call kept its turn after answering"

@@ -512,9 +512,7 @@ class Compiler:
                 codes,
                 [_field_test(t) for t in spec.where],
                 fhirpath,
-                self.scored.get(spec.score.questionnaire, frozenset())
-                if spec.score
-                else frozenset(),
+                self._scored_items(spec),
             )
             self.selectors[key] = found
         return found
