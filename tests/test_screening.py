@@ -57,54 +57,65 @@ def _response(tool: ScreeningTool, yes: int, *, total: int | None = None) -> dic
 # --------------------------------------------------------------------------- published figures
 
 
-def test_sscst_derivation_greenbaum_2018_pec() -> None:
-    """[S12] 23/2/22/61: sensitivity 92%, specificity 73%, PPV 51%, NPV 97% (whole percent)."""
-    table = AccuracyTable(tp=23, fn=2, fp=22, tn=61)
-    assert table.n == 108
-    assert _pct(table.sensitivity, 0) == Decimal("92")
-    assert _pct(table.specificity, 0) == Decimal("73")
-    assert _pct(table.ppv, 0) == Decimal("51")
-    assert _pct(table.npv, 0) == Decimal("97")
-    # 25 sex-trafficking cases vs 83 comparison patients.
-    assert table.tp + table.fn == 25
-    assert table.fp + table.tn == 83
+PUBLISHED: dict[str, tuple[AccuracyTable, int, dict[str, str]]] = {
+    # [S12] 25 sex-trafficking cases vs 83 comparison patients; whole percent.
+    "SSCST derivation, Greenbaum 2018 PEC [S12]": (
+        AccuracyTable(tp=23, fn=2, fp=22, tn=61),
+        108,
+        {"sensitivity": "92", "specificity": "73", "ppv": "51", "npv": "97"},
+    ),
+    # [S13] PPV and NPV are not in the abstract; derived by the brief.
+    "SSCST multisite, Greenbaum 2018 JAH [S13]": (
+        AccuracyTable(tp=76, fn=14, fp=306, tn=414),
+        810,
+        {
+            "sensitivity": "84.44",
+            "specificity": "57.50",
+            "lr_positive": "1.99",
+            "prevalence": "11.1",
+            "ppv": "19.9",
+            "npv": "96.7",
+        },
+    ),
+    # [S14] prevalence 26/212.
+    "SSCST tablet, Hurst 2021 [S14]": (
+        AccuracyTable(tp=22, fn=4, fp=87, tn=99),
+        212,
+        {
+            "sensitivity": "84.6",
+            "specificity": "53.2",
+            "ppv": "20.2",
+            "npv": "96.1",
+            "prevalence": "12.3",
+        },
+    ),
+    # [S15a] The Covenant House NJ page quotes 87.1 % / 76.7 % [S15b]; the 2x2 gives the
+    # paper's figures. PPV and NPV are not in the abstract; derived by the brief.
+    "QYIT, Chisolm-Straker 2019 [S15a]": (
+        AccuracyTable(tp=26, fn=4, fp=73, tn=237),
+        340,
+        {
+            "sensitivity": "86.7",
+            "specificity": "76.5",
+            "prevalence": "8.8",
+            "ppv": "26.3",
+            "npv": "98.3",
+        },
+    ),
+}
+"""Study → (reconstructed 2x2, n, published figures). A figure is checked at the precision it
+was published with (the decimal places written here); all but LR+ are percentages."""
 
 
-def test_sscst_multisite_greenbaum_2018_jah() -> None:
-    """[S13] 76/14/306/414: sensitivity 84.44%, specificity 57.50%, LR+ 1.99, prevalence 11.1%."""
-    table = AccuracyTable(tp=76, fn=14, fp=306, tn=414)
-    assert table.n == 810
-    assert _pct(table.sensitivity, 2) == Decimal("84.44")
-    assert _pct(table.specificity, 2) == Decimal("57.50")
-    assert _round(table.lr_positive, 2) == Decimal("1.99")
-    assert _pct(table.prevalence, 1) == Decimal("11.1")
-    # Not in the abstract; derived by the brief (19.9% and 96.7%).
-    assert _pct(table.ppv, 1) == Decimal("19.9")
-    assert _pct(table.npv, 1) == Decimal("96.7")
-
-
-def test_sscst_tablet_hurst_2021() -> None:
-    """[S14] 22/4/87/99: sensitivity 84.6%, specificity 53.2%, PPV 20.2%, NPV 96.1%."""
-    table = AccuracyTable(tp=22, fn=4, fp=87, tn=99)
-    assert table.n == 212
-    assert _pct(table.sensitivity, 1) == Decimal("84.6")
-    assert _pct(table.specificity, 1) == Decimal("53.2")
-    assert _pct(table.ppv, 1) == Decimal("20.2")
-    assert _pct(table.npv, 1) == Decimal("96.1")
-    assert _pct(table.prevalence, 1) == Decimal("12.3")  # 26/212
-
-
-def test_qyit_chisolm_straker_2019() -> None:
-    """[S15a] 26/4/73/237: sensitivity 86.7%, specificity 76.5%, trafficking in 8.8%. (The
-    Covenant House NJ page quotes 87.1% / 76.7% [S15b]; the 2×2 gives the paper's figures.)"""
-    table = AccuracyTable(tp=26, fn=4, fp=73, tn=237)
-    assert table.n == 340
-    assert _pct(table.sensitivity, 1) == Decimal("86.7")
-    assert _pct(table.specificity, 1) == Decimal("76.5")
-    assert _pct(table.prevalence, 1) == Decimal("8.8")
-    # Not in the abstract; derived by the brief (26.3% and 98.3%).
-    assert _pct(table.ppv, 1) == Decimal("26.3")
-    assert _pct(table.npv, 1) == Decimal("98.3")
+@pytest.mark.parametrize("study", list(PUBLISHED))
+def test_the_reconstructed_table_reproduces_the_published_figures(study: str) -> None:
+    table, n, figures = PUBLISHED[study]
+    assert table.n == n
+    for measure, published in figures.items():
+        value = getattr(table, measure)
+        places = -Decimal(published).as_tuple().exponent
+        got = _round(value, places) if measure == "lr_positive" else _pct(value, places)
+        assert got == Decimal(published), f"{study}: {measure} {got}, published {published}"
 
 
 # --------------------------------------------------------------------------- accuracy maths
