@@ -199,6 +199,36 @@ def test_explain_case_text_and_json() -> None:
     assert [d["id"] for d in data["deduplicated"]] == ["STI_IN_MINOR"]
 
 
+def test_evaluate_request_file(tmp_path: Path) -> None:
+    """`evaluate` prints the CDS Hooks response the service would give, or the service's own
+    412 OperationOutcome when the prefetch lacks data (it fetches nothing)."""
+    knowledge = load_knowledge(PATHWAYS, CARDS)
+    case = find_case(read_cases(PATHWAYS)[0], SCENARIO).case
+    body = request_for(knowledge, case)
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(body), encoding="utf-8")
+    answered = runner.invoke(
+        app, ["evaluate", str(request), "--today", "2026-06-01", *FROM_FIXTURE]
+    )
+    assert answered.exit_code == 0, answered.output
+    cards = json.loads(answered.stdout)["cards"]
+    assert [card["indicator"] for card in cards] == ["warning"]
+    del body["prefetch"]["patient"]
+    request.write_text(json.dumps(body), encoding="utf-8")
+    missing = runner.invoke(app, ["evaluate", str(request), *FROM_FIXTURE])
+    assert missing.exit_code == 1
+    assert json.loads(missing.stdout)["issue"] == [
+        {
+            "severity": "error",
+            "code": "not-found",
+            "diagnostics": "prefetch lacks patient (evaluate does not fetch)",
+        }
+    ]
+    bad_day = runner.invoke(app, ["evaluate", str(request), "--today", "2026-13-01"])
+    assert bad_day.exit_code == 2
+    assert "--today '2026-13-01' is not a date" in bad_day.stderr
+
+
 def test_explain_request_file(tmp_path: Path) -> None:
     knowledge = load_knowledge(PATHWAYS, CARDS)
     case = find_case(read_cases(PATHWAYS)[0], SCENARIO).case

@@ -279,6 +279,58 @@ def test_a_question_that_is_not_in_the_questionnaire(library: Path) -> None:
     assert issues[0].message.startswith("`signs` is not an item of https://fhir.msht-cds.org/")
 
 
+@pytest.fixture
+def bundled(tmp_path: Path) -> Path:
+    """A private copy of the bundled library (it has the scored screening Questionnaires)."""
+    shutil.copytree(ROOT / "cards", tmp_path / "cards")
+    return Path(shutil.copytree(ROOT / "pathways", tmp_path / "pathways"))
+
+
+SCREEN = Path("indicators") / "j-screen-positive.yaml"
+SSCST_SCORE = '{questionnaire: "https://fhir.msht-cds.org/Questionnaire/sscst", at_least: 2}'
+
+
+@pytest.mark.parametrize(
+    ("score", "column", "message"),
+    [
+        (
+            '{questionnaire: "https://fhir.msht-cds.org/Questionnaire/sscst-v2", at_least: 2}',
+            "questionnaire",
+            "`https://fhir.msht-cds.org/Questionnaire/sscst-v2` is not a Questionnaire",
+        ),
+        (
+            '{questionnaire: "https://fhir.msht-cds.org/Questionnaire/sscst", at_least: 7}',
+            "at_least",
+            "`at_least: 7` can never be reached: https://fhir.msht-cds.org/Questionnaire/sscst "
+            "has 6 boolean item(s)",
+        ),
+    ],
+)
+def test_a_score_that_could_never_count_stops_the_library(
+    bundled: Path, score: str, column: str, message: str
+) -> None:
+    """A positive screen must never go silent because the Questionnaire is missing or too
+    short: the library is refused (the service keeps the last good one)."""
+    edit(bundled / SCREEN, SSCST_SCORE, score)
+    issues = [i for i in lint(bundled) if i.code != "case-failed"]
+    assert [(i.path, i.code, i.severity) for i in issues] == [
+        ("pathways/indicators/j-screen-positive.yaml", "unscorable-questionnaire", "error")
+    ]
+    assert issues[0].message.startswith(message)
+    line = (bundled / SCREEN).read_text().splitlines()[issues[0].line - 1]
+    assert column in line[issues[0].column - 1 :]
+
+
+def test_a_versioned_score_questionnaire_is_scored_as_the_questionnaire(bundled: Path) -> None:
+    """`|version` is ignored on the rule's side as on the response's, as lint ignores it."""
+    versioned = SSCST_SCORE.replace("/sscst", "/sscst|1")
+    edit(bundled / SCREEN, SSCST_SCORE, versioned)
+    assert lint(bundled) == []
+    report = run_cases(load_library(bundled), "SSCST")
+    assert report.counted >= 10
+    assert all(result.passed for result in report.results)
+
+
 def test_a_local_contact_no_step_shows_is_a_warning(library: Path) -> None:
     edit(library / "nations" / "england.yaml", "[mash, out_of_hours]", "mash")
     edit(

@@ -257,16 +257,21 @@ def test_sscst_questionnaire_states_threshold_and_paraphrase() -> None:
 @pytest.mark.parametrize(("name", "tool"), [("sscst", SSCST), ("qyit", QYIT)])
 def test_the_service_scores_as_the_tool_does(name: str, tool: ScreeningTool) -> None:
     """The served rule (`score:` reads the scored items from the shipped Questionnaire) and
-    this typed statement of it agree, item for item, on every pattern of answers, with
-    repeated items and items of no tool added."""
+    this typed statement of it agree, item for item, on every pattern of answers, laid out
+    flat, in a group and under another item's answer, with repeated items and items of no tool
+    added."""
     items = scored_items(_questionnaire(name))
     assert items == frozenset(tool.items)
     for pattern in range(2 ** len(tool.items)):
-        response = _response(tool, 0)
-        for i, item in enumerate(response["item"]):
+        flat = _response(tool, 0)
+        for i, item in enumerate(flat["item"]):
             item["answer"] = [{"valueBoolean": bool(pattern >> i & 1)}]
-        response["item"] += [
+        flat["item"] += [
             {"linkId": tool.items[-1], "answer": [{"valueBoolean": True}]},
             {"linkId": "consent-given", "answer": [{"valueBoolean": True}]},
         ]
-        assert screening_score(response, items) == score(response)
+        first, *rest = flat["item"]
+        grouped = dict(flat, item=[{"linkId": "group", "item": flat["item"]}])
+        under_answer = dict(flat, item=[dict(first, answer=[dict(first["answer"][0], item=rest)])])
+        for response in (flat, grouped, under_answer):
+            assert screening_score(response, items) == score(response), (pattern, response)

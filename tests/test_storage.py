@@ -6,6 +6,7 @@ server does not answer, the PostgreSQL variants fail.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from msht_cds.storage import (
     Storage,
     calls,
     feedback,
+    issued_cards,
     jwt_replay,
     metadata,
 )
@@ -394,3 +396,14 @@ def test_sqlite_acknowledged_feedback_survives_sigkill(tmp_path: Path) -> None:
     store = Storage(url, KEY)
     assert _count(store, feedback) == 1
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("record", "table"),
+    [(CallRecord, calls), (IssuedCard, issued_cards), (FeedbackEntry, feedback)],
+)
+def test_every_field_written_has_a_column(record: type, table: sa.Table) -> None:
+    """Rows are inserted from the dataclasses' fields by prebuilt statements, which ignore a
+    key that is not a column: a field added without a migration would be dropped silently."""
+    fields = {f.name for f in dataclasses.fields(record)}
+    assert fields <= set(table.columns.keys()), fields - set(table.columns.keys())

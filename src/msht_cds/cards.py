@@ -226,7 +226,7 @@ def template_variables(
             _indicator_payload(r) | {"escalated_because": r.escalated_because}
             for r in assessment.counted
         ],
-        # Suppressed or downgraded: every context rule that changed what counts, and why.
+        # Every fired indicator a context rule matched (suppress or downgrade), with its reason.
         "suppressed": [
             {"title": r.indicator.title, "reason": r.context_rule.reason}
             for r in assessment.results

@@ -145,7 +145,11 @@ def evaluate(
     except (OSError, orjson.JSONDecodeError) as exc:
         typer.echo(f"{request_file}: cannot read JSON: {exc}", err=True)
         raise typer.Exit(2) from exc
-    day = dt.date.fromisoformat(today) if today else dt.date.today()
+    try:
+        day = dt.date.fromisoformat(today) if today else dt.date.today()
+    except ValueError as exc:
+        typer.echo(f"--today {today!r} is not a date: use YYYY-MM-DD", err=True)
+        raise typer.Exit(2) from exc
     try:
         where = CallSettings.from_settings(settings)
         decision = decide_offline(knowledge, body, where, day, tool="evaluate")

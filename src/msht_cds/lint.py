@@ -30,10 +30,10 @@ LintCode = Literal[
     "yaml-syntax", "invalid-json", "missing-file", "unknown-field", "missing-field",
     "invalid-value", "duplicate-id", "unknown-valueset", "unknown-evidence", "unknown-indicator",
     "unknown-nation", "indicator-cycle", "fhirpath-syntax", "unknown-questionnaire",
-    "unknown-question", "unverified-code-alone", "missing-fires-case", "missing-quiet-case",
-    "case-failed", "unknown-template", "template-syntax", "template-variable", "template-render",
-    "summary-too-long", "unsafe-summary-wording", "unused-template", "unused-local-contact",
-    "missing-modeline", "wrong-modeline", "ignored-file",
+    "unknown-question", "unscorable-questionnaire", "unverified-code-alone", "missing-fires-case",
+    "missing-quiet-case", "case-failed", "unknown-template", "template-syntax", "template-variable",
+    "template-render", "summary-too-long", "unsafe-summary-wording", "unused-template",
+    "unused-local-contact", "missing-modeline", "wrong-modeline", "ignored-file",
 ]  # fmt: skip
 
 
@@ -64,6 +64,7 @@ CODES: dict[LintCode, CodeInfo] = {
     "fhirpath-syntax": CodeInfo(E, "A FHIRPath expression does not parse strictly."),
     "unknown-questionnaire": CodeInfo(W, "A question names a Questionnaire the library lacks."),
     "unknown-question": CodeInfo(E, "A question's link_id is not an item of its Questionnaire."),
+    "unscorable-questionnaire": CodeInfo(E, "A score's Questionnaire is missing or too short."),
     "unverified-code-alone": CodeInfo(E, "An indicator can fire only on unverified codes."),
     "missing-fires-case": CodeInfo(E, "An indicator has no case in which it fires."),
     "missing-quiet-case": CodeInfo(E, "An indicator has no look-alike case where it is quiet."),
@@ -228,7 +229,8 @@ def check_questions(library: Library) -> list[LintIssue]:
     issues = []
     for located in library.indicators.values():
         for name, spec in located.model.evidence.items():
-            for key, test in (("question", spec.question), ("score", spec.score)):
+            # A `score:` is checked when the library loads (unscorable-questionnaire).
+            for key, test in (("question", spec.question),):
                 if test is None:
                     continue
                 loc: tuple[str | int, ...] = ("evidence", name, key)

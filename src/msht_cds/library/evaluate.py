@@ -234,16 +234,12 @@ def _answers(items: list[Any], link_id: str) -> Iterator[Any]:
 
 
 def _answered(resource: Resource, questionnaire: str) -> bool:
+    """A completed response to `questionnaire`; a `|version` on either side is ignored."""
     canonical = str(resource.get("questionnaire", "")).split("|", 1)[0]
-    return canonical == questionnaire and resource.get("status") in ("completed", "amended")
-
-
-def _leaf_items(items: list[Any]) -> Iterator[dict[str, Any]]:
-    for item in items:
-        if isinstance(item, dict):
-            if array(item.get("answer")):
-                yield item
-            yield from _leaf_items(array(item.get("item")))
+    return canonical == questionnaire.split("|", 1)[0] and resource.get("status") in (
+        "completed",
+        "amended",
+    )
 
 
 def scored_items(questionnaire: dict[str, Any]) -> frozenset[str]:
@@ -259,17 +255,13 @@ def scored_items(questionnaire: dict[str, Any]) -> frozenset[str]:
 
 def screening_score(resource: Resource, items: frozenset[str]) -> int:
     """The tool's published score: how many of its `items` are answered `yes`
-    (valueBoolean true). Each item counts once, and items of no tool never count."""
-    answered_yes = set()
-    for item in _leaf_items(array(resource.get("item"))):
-        link_id = item.get("linkId")
-        if (
-            isinstance(link_id, str)
-            and link_id in items
-            and any(isinstance(a, dict) and a.get("valueBoolean") is True for a in item["answer"])
-        ):
-            answered_yes.add(link_id)
-    return len(answered_yes)
+    (valueBoolean true), wherever they sit (in groups, or under another item's answer). Each
+    item counts once, and items of no tool never count."""
+    answered = array(resource.get("item"))
+    return sum(
+        any(isinstance(a, dict) and a.get("valueBoolean") is True for a in _answers(answered, i))
+        for i in items
+    )
 
 
 def question_matches(resource: Resource, question: QuestionTest) -> bool:

@@ -23,6 +23,7 @@ from .model import (
     Evidence,
     Indicator,
     LibraryManifest,
+    ScoreTest,
     ValueSet,
 )
 from .pathway_model import LocalOverlay, NationalPathway
@@ -127,6 +128,8 @@ class _Loader:
         self.issues: list[LintIssue] = []
         self.warnings: list[LintIssue] = []
         self.digest = hashlib.sha256()
+        self.scored: dict[str, frozenset[str]] = {}
+        """The items each Questionnaire scores, by URL (read before the evidence is checked)."""
 
     def documents(self, pattern: str, *, exclude_tests: bool = False) -> list[YamlDocument]:
         docs = []
@@ -212,6 +215,7 @@ class _Loader:
             self.models("local/*.yaml", LocalOverlay), lambda m: m.id, "local overlay"
         )
         questionnaires = self._questionnaires()
+        self.scored = {url: scored_items(q) for url, q in questionnaires.items()}
         for located in indicators.values():
             self._check_references(located, valuesets, indicators)
         for located in case_files:
@@ -230,7 +234,7 @@ class _Loader:
         compiled: list[CompiledIndicator] = []
         gate: Predicate | None = None
         if not self.issues:
-            compiler = self._compiler(valuesets, questionnaires)
+            compiler = self._compiler(valuesets)
             compiled = self._compile(compiler, indicators)
             manifest = manifests[0].model if manifests else None
             if manifest is not None and manifest.assess_when is not None:
@@ -335,6 +339,32 @@ class _Loader:
             )
         if spec.fhirpath is not None:
             self._check_fhirpath(doc, (*loc, "fhirpath"), spec.fhirpath)
+        if spec.score is not None:
+            self._check_score(doc, (*loc, "score"), spec.score)
+
+    def _check_score(self, doc: YamlDocument, loc: tuple[str | int, ...], score: ScoreTest) -> None:
+        """A score is counted over the boolean items of a shipped Questionnaire: without it, or
+        with fewer items than the threshold, the evidence could never count."""
+        url = score.questionnaire.split("|", 1)[0]
+        items = self.scored.get(url)
+        if items is None:
+            known = ", ".join(sorted(self.scored)) or "none"
+            message = (
+                f"`{score.questionnaire}` is not a Questionnaire in questionnaires/ (known: "
+                f"{known}); a score is counted over its boolean items, so add the Questionnaire "
+                "JSON or copy its `url` exactly."
+            )
+            self.issues.append(
+                doc.issue((*loc, "questionnaire"), "unscorable-questionnaire", message)
+            )
+        elif score.at_least > len(items):
+            message = (
+                f"`at_least: {score.at_least}` can never be reached: {url} has "
+                f"{len(items)} boolean item(s) to score ({', '.join(sorted(items)) or 'none'}); "
+                "give its scored items `type: boolean`, or lower the threshold."
+            )
+            issue = doc.issue((*loc, "at_least"), "unscorable-questionnaire", message)
+            self.issues.append(issue)
 
     def _check_fhirpath(self, doc: YamlDocument, loc: tuple[str | int, ...], expr: str) -> None:
         try:
@@ -384,10 +414,7 @@ class _Loader:
                     )
                 )
 
-    @staticmethod
-    def _compiler(
-        valuesets: dict[str, Located], questionnaires: dict[str, dict[str, Any]]
-    ) -> Compiler:
+    def _compiler(self, valuesets: dict[str, Located]) -> Compiler:
         return Compiler(
             {
                 ident: CodeSet(
@@ -400,7 +427,7 @@ class _Loader:
                 )
                 for ident, loc in valuesets.items()
             },
-            {url: scored_items(questionnaire) for url, questionnaire in questionnaires.items()},
+            self.scored,
         )
 
     def _compile(
