@@ -6,6 +6,7 @@ import json
 import uuid
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from .support import example_request
@@ -133,3 +134,31 @@ def test_sti_test_for_a_child_under_13_gets_an_order_card(client: TestClient) ->
 
 def test_sti_test_for_a_17_year_old_is_quiet(client: TestClient) -> None:
     assert call(client, "order-select", order_request("2009-01-01"))["cards"] == []
+
+
+def test_order_select_speaks_only_of_the_selected_order(client: TestClient) -> None:
+    """The card says the order being selected may be an indicator: another draft order in the
+    same basket does not make it so."""
+    body = order_request("2015-01-01")
+    paracetamol = {
+        "resourceType": "MedicationRequest",
+        "id": "draft-paracetamol",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/example-child-1"},
+        "medicationCodeableConcept": {"text": "Paracetamol 250 mg/5 ml oral suspension"},
+    }
+    body["context"]["draftOrders"]["entry"].append({"resource": paracetamol})
+    body["context"]["selections"] = ["MedicationRequest/draft-paracetamol"]
+    assert call(client, "order-select", body)["cards"] == []
+    assert len(call(client, "order-sign", body)["cards"]) == 1  # signing is of every order
+
+
+@pytest.mark.parametrize("user", ["Patient/example-child-1", "RelatedPerson/adult-1"])
+def test_a_patient_or_proxy_user_never_gets_a_card(client: TestClient, user: str) -> None:
+    """patient-view may come from a portal used by the child, a parent, or the adult who
+    exploits the child: nothing may tell them that the child is being assessed."""
+    assert len(call(client, "patient-view", example_request())["cards"]) == 1
+    body = example_request()
+    body["context"]["userId"] = user
+    assert call(client, "patient-view", body) == {"cards": []}

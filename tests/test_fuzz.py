@@ -575,3 +575,35 @@ def test_wrongly_shaped_record_values_never_crash_the_assessment() -> None:
                     assess(library, record, case.today, explain=True)
                     tried += 1
     assert tried > 5000
+
+
+EXTREME_DATES = ["0001-01-01", "0001", "9999-12-31", "9999-12", "0001-01-01T00:00:00+14:00"]
+
+
+def test_extreme_valid_dates_never_crash_the_assessment() -> None:
+    """Every date in every rule case (birth dates, encounter periods, onsets...) replaced in
+    turn by the earliest or latest date FHIR allows: windows and ages are still worked out."""
+    library = load_library(library_root() / "pathways")
+    tried = 0
+    for located in library.case_files:
+        for case in located.model.cases:
+            patient = next((r for r in case.resources if r.get("resourceType") == "Patient"), {})
+            for position, resource in enumerate(case.resources):
+                for path in _json_paths(resource):
+                    value: Any = resource
+                    for part in path:
+                        value = value[part]
+                    if not (isinstance(value, str) and value[:4].isdigit() and "-" in value[:5]):
+                        continue
+                    for extreme in EXTREME_DATES:
+                        resources = list(case.resources)
+                        resources[position] = _replaced(resource, path, extreme)
+                        record = PatientRecord.build(
+                            str(patient.get("id")),
+                            resources,
+                            encounter_id=case.encounter,
+                            draft_orders=case.draft_orders,
+                        )
+                        assess(library, record, case.today, explain=True)
+                        tried += 1
+    assert tried > 1000

@@ -21,7 +21,7 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from .cdshooks import ORDER_HOOKS, Card, HookRequest
-from .errors import LintIssue
+from .errors import BadRequestError, LintIssue
 from .library.evaluate import Assessment, IndicatorResult
 from .library.loader import Library, parse_model
 from .library.model import Case, CaseFile
@@ -132,6 +132,11 @@ def explain_request(
     """Evaluate a saved CDS Hooks request offline; raises RequestError (412) when its
     prefetch lacks data, since nothing is fetched here."""
     decision = decide_offline(knowledge, body, where, today, tool="explain", explain=True)
+    if decision.assessment is None:
+        raise BadRequestError(
+            f"the request's user is {decision.request.user_id}: cards are never shown to a "
+            "patient or a proxy, so nothing is assessed; explain a clinician's request"
+        )
     return Explanation(Path(origin).name, origin, today, where, knowledge.library, decision)
 
 

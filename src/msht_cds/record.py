@@ -6,6 +6,7 @@ costs ~0.5 ms each, far more than the whole evaluation, and the rules only read 
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -57,18 +58,49 @@ _CODE_PATHS: dict[str, tuple[str, ...]] = {
 }
 
 
-def parse_date(value: object) -> dt.date | None:
-    """FHIR date/dateTime/instant → date; partial dates (YYYY, YYYY-MM) → first day."""
+def parse_date(value: object, *, latest: bool = False) -> dt.date | None:
+    """FHIR date/dateTime/instant → date; partial dates (YYYY, YYYY-MM) → their first day, or
+    with `latest` their last day."""
     if not isinstance(value, str) or len(value) < 4:
         return None
     try:
         if len(value) == 4:
-            return dt.date(int(value), 1, 1)
+            return dt.date(int(value), 12, 31) if latest else dt.date(int(value), 1, 1)
         if len(value) == 7:
-            return dt.date(int(value[:4]), int(value[5:7]), 1)
+            year, month = int(value[:4]), int(value[5:7])
+            if latest:
+                return dt.date(year, month, calendar.monthrange(year, month)[1])
+            return dt.date(year, month, 1)
         return dt.date.fromisoformat(value[:10])
     except ValueError:
         return None
+
+
+def without_version(reference: str) -> str:
+    """`Patient/1/_history/3` → `Patient/1`: a version-specific reference names the resource."""
+    return reference.split("/_history/", 1)[0]
+
+
+_WITHDRAWN_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+
+
+def _withdrawn(resource: Resource) -> bool:
+    """Data that must never count as evidence, whatever the rule: entered in error, a refuted
+    diagnosis, an encounter cancelled before it began. Still resolvable by reference."""
+    status = resource.get("status")
+    if status == "entered-in-error":
+        return True
+    kind = resource["resourceType"]
+    if kind == "Encounter":
+        return status == "cancelled"
+    if kind == "Condition":
+        verification = resource.get("verificationStatus")
+        if isinstance(verification, dict):
+            codes = (
+                c.get("code") for c in array(verification.get("coding")) if isinstance(c, dict)
+            )
+            return any(isinstance(code, str) and code in _WITHDRAWN_VERIFICATION for code in codes)
+    return False
 
 
 def age_in_years(birth: dt.date, on: dt.date) -> int:
@@ -193,7 +225,7 @@ class PatientRecord:
         by_type = record.by_type
         verdicts: dict[str, bool | None] = {}  # most resources name the same patient
         for resource in candidates:
-            if record._about_other_patient(resource, verdicts):
+            if record._about_other_patient(resource, verdicts) or _withdrawn(resource):
                 continue
             kind = resource["resourceType"]
             found = by_type.get(kind)
@@ -230,6 +262,7 @@ class PatientRecord:
         target = self.resolve(reference)
         if target is not None:
             return target.get("resourceType") == "Patient" and target.get("id") != self.patient_id
+        reference = without_version(reference)
         if reference.startswith("Patient/") or "/Patient/" in reference:
             return reference.rsplit("/", 1)[-1] != self.patient_id
         return None
@@ -243,8 +276,10 @@ class PatientRecord:
 
     @property
     def birth_date(self) -> dt.date | None:
+        """A partial birth date (YYYY, YYYY-MM) reads as its last day: the youngest the child
+        can be, so that a 17-year-old born in "2008" is still assessed as a child."""
         patient = self.patient
-        return parse_date(patient.get("birthDate")) if patient else None
+        return parse_date(patient.get("birthDate"), latest=True) if patient else None
 
     @property
     def encounter(self) -> Resource | None:
@@ -263,6 +298,7 @@ class PatientRecord:
         text = reference.get("reference") if isinstance(reference, dict) else reference
         if not isinstance(text, str):
             return None
+        text = without_version(text)
         found = self.by_reference.get(text)
         if found is None and "/" in text and not text.startswith("urn:"):
             parts = text.rstrip("/").split("/")

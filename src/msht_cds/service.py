@@ -77,6 +77,9 @@ class History:
     referral_recorded_for_encounter: bool = False
 
 
+CLINICIAN_USERS = frozenset({"Practitioner", "PractitionerRole"})
+"""The only users a card is for; patient-view also admits Patient and RelatedPerson users."""
+
 HistoryLookup = Callable[[], History]
 """Reads the history when a card is about to be built: most calls build none, and skip it.
 `History` itself is the lookup of a patient with none."""
@@ -120,6 +123,10 @@ def decide(
     explain: bool = False,
 ) -> Decision:
     """Pure function of the inputs: the same context gives the same guidance."""
+    if request.user_id.split("/", 1)[0] not in CLINICIAN_USERS:
+        # patient-view may come from a patient portal or a proxy (a parent, or the adult
+        # exploiting the child): nothing may tell them that the child is being assessed.
+        return Decision(request, CdsResponse(cards=[]), None)
     drafts: list[dict[str, object]] = []
     if request.draft_orders is not None:
         drafts, _, _ = resources_from_value(request.draft_orders)
@@ -182,6 +189,8 @@ def _card_for_hook(
         kind = "discharge"
     elif request.hook in ORDER_HOOKS:
         drafts = {reference_key(r) for r in record.draft_orders}
+        if request.hook == "order-select":  # the card speaks of the order being selected
+            drafts &= set(request.selections)
         if not any(f.reference in drafts for r in assessment.counted for f in r.evidence):
             return None
         kind = "order"

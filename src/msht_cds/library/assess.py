@@ -15,7 +15,8 @@ def assess(
     """Evaluate every active indicator once, in dependency order, then combine.
 
     `explain` also evaluates the near-miss tests, which only `explain` and previews show."""
-    ev = Evaluation(record=record, visit_date=record.visit_date(today))
+    latest = today + dt.timedelta(days=1)
+    ev = Evaluation(record=record, visit_date=record.visit_date(today), latest=latest)
     if library.assess_gate is not None and not library.assess_gate(ev)[0]:
         return Assessment([], None, None, library.version)
     results = []

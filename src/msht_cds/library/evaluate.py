@@ -59,6 +59,11 @@ class Evaluation:
 
     record: PatientRecord
     visit_date: dt.date
+    latest: dt.date = dt.date.max
+    """The last day whose data counts (later data is a future booking or a wrong date): the
+    day of the call plus one, since a timestamp is read on its own local date, which can be a
+    day ahead of the service's UTC date. Not the visit date: data recorded during a stay of
+    several days counts at discharge."""
     selector_results: dict[str, list[Fact]] = field(default_factory=dict)
     fired: dict[str, IndicatorResult] = field(default_factory=dict)
     code_indexes: dict[tuple[str, bool, str | None], CodeIndex] = field(default_factory=dict)
@@ -317,7 +322,7 @@ class CompiledSelector:
     def _select(self, ev: Evaluation) -> Iterator[Fact]:
         spec, record = self.spec, ev.record
         birth = record.birth_date
-        earliest = ev.visit_date - dt.timedelta(days=spec.within_days) if spec.within_days else None
+        earliest = _days_before(ev.visit_date, spec.within_days) if spec.within_days else None
         candidates = self._candidates(ev)
         narrowed: list[Resource] | None = None
         if self.codes is not None:
@@ -332,7 +337,7 @@ class CompiledSelector:
             date = record.date_of(resource)
             if earliest is not None and (date is None or date < earliest):
                 continue
-            if date is not None and date > ev.visit_date and not record.is_draft(resource):
+            if date is not None and date > ev.latest and not record.is_draft(resource):
                 continue
             if spec.age_at_event is not None:
                 on = date or ev.visit_date
@@ -400,6 +405,14 @@ class CompiledSelector:
         """Any of the resource's codings in the value set (the few-candidate selectors)."""
         assert self.codes is not None
         return self.codes.matches(codings(resource, self.spec.code_path))
+
+
+def _days_before(day: dt.date, days: int) -> dt.date:
+    """`day` minus `days`, or the first representable day (a record may say 0001-01-01)."""
+    try:
+        return day - dt.timedelta(days=days)
+    except OverflowError:
+        return dt.date.min
 
 
 def _diagnosis_key(record: PatientRecord, condition: Resource, reference: str) -> str:
