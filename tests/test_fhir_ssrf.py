@@ -219,6 +219,8 @@ def test_each_client_only_reaches_its_own_fhir_server(
         pytest.param("http://127.0.0.1:{fhir_port}/fhir/ x", id="space"),
         pytest.param("http://127.0.0.1:{fhir_port}/fhir/\u00e9", id="non-ascii"),
         pytest.param("http://[127.0.0.1:{fhir_port}/fhir", id="broken-ipv6"),
+        pytest.param("http://127.0.0.1:{fhir_port}/fhir/../admin", id="dot-segments"),
+        pytest.param("http://127.0.0.1:{fhir_port}/fhir/%2e%2e/admin", id="encoded-dot-segments"),
     ],
 )
 def test_non_allowlisted_fhir_server_gets_412_and_zero_requests(
@@ -295,7 +297,9 @@ def _paging(next_url: str) -> Any:
     return behaviour
 
 
-@pytest.mark.parametrize("target", ["other-origin", "same-origin-outside-base", "downgrade"])
+@pytest.mark.parametrize(
+    "target", ["other-origin", "same-origin-outside-base", "downgrade", "dot-segments"]
+)
 def test_next_link_outside_the_base_is_not_followed(
     live: LiveApp, fhir: FhirStub, other: FhirStub, signers: dict[str, Signer], target: str
 ) -> None:
@@ -303,6 +307,7 @@ def test_next_link_outside_the_base_is_not_followed(
         "other-origin": f"{other.url}/Condition?page=2",
         "same-origin-outside-base": f"{fhir.origin}/admin/Condition?page=2",
         "downgrade": f"{fhir.url.replace('http://', 'ftp://')}/Condition?page=2",
+        "dot-segments": f"{fhir.url}/../admin/Condition?page=2",
     }[target]
     fhir.reset(_paging(next_url))
     assert_412(post(live, signers["A"], needs_fetch(live, fhir.url, drop=("conditions",))))
@@ -533,6 +538,13 @@ def test_allowlisted_names_are_checked_by_what_they_resolve_to(
         ("https://fhir.example.org:8443/r4", "https://fhir.example.org/r4"),
         ("http://fhir.example.org/r4", "https://fhir.example.org/r4"),
         ("https://fhir.example.org/other", "https://fhir.example.org/r4"),
+        ("https://fhir.example.org/r4/../admin", "https://fhir.example.org/r4"),
+        ("https://fhir.example.org/r4/tenant-a/../../admin", "https://fhir.example.org/r4"),
+        ("https://fhir.example.org/r4/%2e%2e/admin", "https://fhir.example.org/r4"),
+        ("https://fhir.example.org/r4/%2E%2E/admin", "https://fhir.example.org/r4"),
+        ("https://fhir.example.org/r4/.%2e/admin", "https://fhir.example.org/r4"),
+        ("https://fhir.example.org/r4/..\\admin", "https://fhir.example.org/r4"),
+        ("https://fhir.example.org/r4/./../admin", "https://fhir.example.org/r4"),
     ],
 )
 def test_allowlist_is_an_exact_origin_and_path_prefix(base: str, allowed: str) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import httpcore
@@ -54,13 +54,27 @@ def _normalise(url: str) -> str:
 
 
 def is_allowed_base(base: str, allowed: Sequence[str]) -> bool:
-    """Exact base match or a path-prefix match on a `/` boundary."""
+    """Exact base match or a path-prefix match on a `/` boundary. A path with a dot segment
+    never matches: the HTTP client resolves `..` after this check, which would leave the
+    prefix (and take the bearer token with it)."""
+    if _has_dot_segment(base):
+        return False
     wanted = _normalise(base)
     for entry in allowed:
         prefix = _normalise(entry)
         if wanted == prefix or wanted.startswith(prefix + "/"):
             return True
     return False
+
+
+def _has_dot_segment(url: str) -> bool:
+    """`.` or `..` as a path segment, also percent-encoded or after a backslash."""
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return True
+    segments = unquote(path).replace("\\", "/").split("/")
+    return any(segment in (".", "..") for segment in segments)
 
 
 def _literal_ip(host: str) -> IPAddress | None:
