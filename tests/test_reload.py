@@ -131,6 +131,33 @@ def _template_unknown_variable(library: Path) -> Path:
     return path
 
 
+def _template_not_utf8(library: Path) -> Path:
+    path = library / "cards" / "assessment.summary.j2"
+    path.write_bytes(b"{{ concern }} caf\xe9")
+    return path
+
+
+def _question_not_in_questionnaire(library: Path) -> Path:
+    """Schema-valid, so the loader accepts it: only lint's meaning checks reject it."""
+    path = library / "pathways" / "indicators" / "a-adult-speaks-for-child.yaml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("link_id: adult-speaks-for-child", "link_id: adult-speaks"))
+    return path
+
+
+def _summary_too_long(library: Path) -> Path:
+    path = library / "cards" / "assessment.summary.j2"
+    path.write_text(path.read_text(encoding="utf-8").strip() + " " + "please " * 20)
+    return path
+
+
+def _case_failing(library: Path) -> Path:
+    path = library / "pathways" / "indicators" / "j-disclosed-exploitation.test.yaml"
+    text = path.read_text(encoding="utf-8")  # the first case's child becomes an adult
+    path.write_text(text.replace("birthDate: 2011-09-01}", "birthDate: 1990-09-01}", 1))
+    return path
+
+
 BREAKAGES: dict[str, Callable[[Path], Path]] = {
     "yaml-syntax": _syntax,
     "unknown-field": _unknown_field,
@@ -138,6 +165,10 @@ BREAKAGES: dict[str, Callable[[Path], Path]] = {
     "manifest-deleted": _manifest_deleted,
     "template-syntax": _template_syntax,
     "template-unknown-variable": _template_unknown_variable,
+    "template-not-utf8": _template_not_utf8,
+    "question-not-in-questionnaire": _question_not_in_questionnaire,
+    "summary-too-long": _summary_too_long,
+    "case-failing": _case_failing,
 }
 
 

@@ -111,10 +111,15 @@ def create_app(settings: Settings | None = None, knowledge: Knowledge | None = N
 
 async def _watch_library(runtime: Runtime, interval: float) -> None:
     """Every worker polls the library files, so an edit reaches all workers and replicas that
-    share the folder; a broken edit is rejected and the last good library keeps serving."""
+    share the folder; a broken edit is rejected and the last good library keeps serving. The
+    watcher outlives any failure: a later fix must still go live."""
     while True:
         await asyncio.sleep(interval)
-        await anyio.to_thread.run_sync(runtime.reload_if_changed)
+        try:
+            await anyio.to_thread.run_sync(runtime.reload_if_changed)
+        except Exception as exc:  # logged by type only; the watcher must go on
+            runtime.metrics.library_reload_failures.inc()
+            log.error("library_reload_failed", error_type=type(exc).__name__)
 
 
 def app_from_environment() -> FastAPI:

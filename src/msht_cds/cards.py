@@ -112,9 +112,16 @@ class CardTemplates:
 
     @classmethod
     def load(cls, cards_dir: Path) -> CardTemplates:
-        sources = {p.name: p.read_text(encoding="utf-8") for p in sorted(cards_dir.glob("*.j2"))}
-        env = _sandbox(DictLoader(sources))
+        sources: dict[str, str] = {}
         issues = []
+        for path in sorted(cards_dir.glob("*.j2")):
+            try:
+                sources[path.name] = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeError) as exc:
+                reason = "is not UTF-8 text" if isinstance(exc, UnicodeError) else "cannot be read"
+                message = f"{path.name} {reason}; save it as UTF-8 ({type(exc).__name__})"
+                issues.append(LintIssue(str(path), 1, 1, "template-syntax", message))
+        env = _sandbox(DictLoader(sources))
         for kind in CARD_KINDS:
             for part in ("summary.j2", "detail.md.j2"):
                 name = f"{kind}.{part}"

@@ -101,15 +101,15 @@ def serve(
 
 
 def _preflight() -> None:
-    """Refuse to start on a library with errors; bring the database schema up to date."""
+    """Refuse to start on a library with lint errors; bring the database schema up to date."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .service import load_knowledge
+    from .lint import load_linted_knowledge
     from .storage import Storage
 
     settings = Settings()
     try:
-        load_knowledge(settings.library_dir, settings.cards_dir)
+        load_linted_knowledge(settings.library_dir, settings.cards_dir)
     except LibraryLoadError as exc:
         typer.echo(f"refusing to start: the library has errors\n{exc}", err=True)
         sys.exit(1)

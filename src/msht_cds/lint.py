@@ -24,6 +24,7 @@ from .library.model import Condition, Indicator
 from .library.testing import check_case, run_cases
 from .lint_files import check_files, with_hints
 from .lint_templates import check_templates
+from .service import Knowledge, load_knowledge
 
 Severity = Literal["error", "warning"]
 LintCode = Literal[
@@ -105,6 +106,16 @@ def lint_library(library_dir: Path, cards_dir: Path) -> list[LintIssue]:
         issues.extend(check_overlays(library))
     unique = {(i.path, i.line, i.column, i.code, i.message): _typed(i) for i in issues}
     return sorted(unique.values(), key=lambda i: (i.path, i.line, i.column, i.code))
+
+
+def load_linted_knowledge(library_dir: Path, cards_dir: Path) -> Knowledge:
+    """What start-up and every reload serve: the library and templates, only when lint finds no
+    error (meaning checks and cases included, not only the schema). Raises LibraryLoadError
+    with every error otherwise, so the last good library keeps serving."""
+    errors = [i for i in lint_library(library_dir, cards_dir) if i.severity == "error"]
+    if errors:
+        raise LibraryLoadError(errors)
+    return load_knowledge(library_dir, cards_dir)
 
 
 def _typed(issue: LintIssue) -> LintIssue:

@@ -18,7 +18,7 @@ from .errors import LibraryLoadError, LintIssue
 from .fhir import FhirLimits, FhirReader
 from .logs import get_logger
 from .metrics import Metrics
-from .service import CallSettings, Knowledge, load_knowledge
+from .service import CallSettings, Knowledge
 from .storage import DatabaseReplayCache, Storage
 
 log = get_logger("msht_cds.runtime")
@@ -125,12 +125,15 @@ class Runtime:
         return self.reload()
 
     def reload(self) -> ReloadStatus:
-        """Load and lint the library anew; swap only if it is clean, else keep serving."""
+        """Lint and load the library anew (cases included); swap only if lint finds no error,
+        else keep serving the last good one."""
+        from .lint import load_linted_knowledge  # lint's modules load only when needed
+
         with self._reload_lock:
             self.fingerprint = self.current_fingerprint()
             now = dt.datetime.now(dt.UTC)
             try:
-                fresh = load_knowledge(
+                fresh = load_linted_knowledge(
                     Path(self.settings.library_dir), Path(self.settings.cards_dir)
                 )
             except LibraryLoadError as exc:
