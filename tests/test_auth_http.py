@@ -219,6 +219,9 @@ BAD_TOKENS: dict[str, Callable[[Signer, LiveApp], str]] = {
     "alg-none": lambda s, live: _alg_none(s, live.service_url(SERVICE)),
     "hs384-with-public-key": lambda s, live: _hs384_with_public_key(s, live.service_url(SERVICE)),
     "tampered-payload": lambda s, live: _tampered(s, live.service_url(SERVICE)),
+    "exp-beyond-any-time": lambda s, live: s.mint(live.service_url(SERVICE), exp=10**400),
+    "iat-before-any-time": lambda s, live: s.mint(live.service_url(SERVICE), iat=-(10**400)),
+    "nbf-beyond-any-time": lambda s, live: s.mint(live.service_url(SERVICE), nbf=10**400),
     "garbage": lambda s, live: "not.a.jwt",
     "huge": lambda s, live: "a" * 20_000,
 }

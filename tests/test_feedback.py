@@ -103,6 +103,9 @@ def test_unknown_card_is_accepted_without_leaking(client: TestClient, settings: 
     assert feedback_rows(settings)[0].patient_key is None
 
 
+NOW = "2026-11-29T10:00:00Z"
+
+
 def test_invalid_feedback_is_400(client: TestClient) -> None:
     bad_bodies: list[Any] = [
         b"not json",
@@ -119,6 +122,31 @@ def test_invalid_feedback_is_400(client: TestClient) -> None:
         },
         {"feedback": [{"card": "x", "outcome": "overridden", "outcomeTimestamp": "yesterday"}]},
         {"feedback": [{"card": "x", "outcome": "overridden"}]},
+        # Well formed but impossible: 30 February, hour 24, year 0, past year 9999 in UTC.
+        *(
+            {"feedback": [{"card": "x", "outcome": "overridden", "outcomeTimestamp": when}]}
+            for when in (
+                "2024-02-30T10:00:00Z",
+                "2024-01-01T24:00:00Z",
+                "0000-01-01T00:00:00Z",
+                "9999-12-31T23:59:59-01:00",
+            )
+        ),
+        # What a database column cannot hold: too long, or a NUL.
+        *(
+            {
+                "feedback": [
+                    {"card": card, "outcome": "overridden", "outcomeTimestamp": NOW}
+                    | ({"overrideReason": {"reason": reason}} if reason else {})
+                ]
+            }
+            for card, reason in (
+                ("c" * 65, None),
+                ("card\u0000", None),
+                ("x", {"code": "r" * 256, "system": "https://example.org"}),
+                ("x", {"code": "already-referred", "system": "s\u0000"}),
+            )
+        ),
     ]
     for body in bad_bodies:
         content = body if isinstance(body, bytes) else json.dumps(body)

@@ -8,10 +8,12 @@ with a wide margin ("it returned"), never tight: the machine may be loaded.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import gzip
 import json
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -214,6 +216,34 @@ def _wait_for_the_turn(live: LiveApp) -> None:
         time.sleep(0.01)
 
 
+def test_a_rejected_call_does_not_keep_its_record(live: LiveApp, http: httpx.Client) -> None:
+    """A call answered 412 (its prefetch has no Patient) frees its decoded record at once, by
+    reference counting, as an answered call does: a worker must not pile up the records of
+    rejected calls until a full cyclic collection happens to run."""
+    marker = f"leak-marker-{uuid.uuid4()}"
+    body = body_for(live)
+    body["prefetch"]["patient"] = None
+    body["prefetch"]["conditions"]["entry"].append(
+        {
+            "resource": {
+                "resourceType": "Condition",
+                "id": marker,
+                "subject": {"reference": "Patient/example-child-1"},
+            }
+        }
+    )
+    raw = json.dumps(body).encode()
+    del body  # only the service may hold the marker now
+    gc.disable()  # the server runs in this process: only reference counting may free it
+    try:
+        assert_outcome(http.post(live.service_url(), content=raw), 412)
+        _wait_for_the_turn(live)
+        alive = [o for o in gc.get_objects() if isinstance(o, dict) and o.get("id") == marker]
+    finally:
+        gc.enable()
+    assert alive == [], "the rejected call's record is still in memory"
+
+
 def test_feedback_body_over_the_limit_is_413(live: LiveApp, http: httpx.Client) -> None:
     payload = b'{"feedback": [' + b'{"card": "x"},' * 200_000 + b'{"card": "x"}]}'
     response = http.post(f"{live.service_url()}/feedback", content=payload)
@@ -284,6 +314,16 @@ def test_json_deeper_than_the_decoder_limit_is_400(live: LiveApp, http: httpx.Cl
         b' "context": {"userId": "Practitioner/x", "patientId": "p", "encounterId": "e"},'
         b' "prefetch": []}',
         b'{"hook": "\\ud800"}',
+        # A UUID spelled otherwise than usual would not fit the audit column.
+        b'{"hook": "encounter-start", "hookInstance": "urn:uuid:'
+        + b"-" * 100
+        + b'0f9d9a4e2c3b4a559a3d7a1c2b4e5f60", "context": {}}',
+        b'{"hook": "encounter-start", "hookInstance": "{0f9d9a4e-2c3b-4a55-9a3d-7a1c2b4e5f60}",'
+        b' "context": {}}',
+        b'{"hook": "encounter-start", "hookInstance": "0f9d9a4e-2c3b-4a55-9a3d-7a1c2b4e5f60",'
+        b' "context": {"userId": "Practitioner/x", "patientId": "p", "encounterId": "e"},'
+        b' "fhirServer": "http://127.0.0.1:9/fhir", "fhirAuthorization": {"access_token":'
+        b' "tok\\u00e9n", "token_type": "Bearer", "scope": "s", "subject": "x", "expires_in": 60}}',
     ],
 )
 def test_malformed_requests_are_400_operation_outcomes(

@@ -331,6 +331,27 @@ def test_a_versioned_score_questionnaire_is_scored_as_the_questionnaire(bundled:
     assert all(result.passed for result in report.results)
 
 
+def test_fires_cases_marked_todo_do_not_count_as_showing_the_rule_fires(bundled: Path) -> None:
+    """A case marked not ready shows nothing yet: an indicator whose every `fires` case is a
+    TODO has no case in which it fires."""
+    path = bundled / "indicators" / "e-tattoo-branding.test.yaml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("kind: fires\n", "kind: fires\n    todo: true\n"))
+    missing = [i for i in lint(bundled) if i.code == "missing-fires-case"]
+    assert [(i.path, i.severity) for i in missing] == [
+        ("pathways/indicators/e-tattoo-branding.yaml", "error")
+    ]
+
+
+def test_a_concern_without_a_card_indicator_is_a_located_error(bundled: Path) -> None:
+    """Not a crash at the first medium-or-low call: the library is refused where the entry
+    is missing."""
+    edit(bundled / "library.yaml", "    low: info\n", "")
+    issues = lint(bundled)
+    assert [(i.path, i.code) for i in issues] == [("pathways/library.yaml", "invalid-value")]
+    assert "card_indicator has no entry for concern low" in issues[0].message
+
+
 def test_a_local_contact_no_step_shows_is_a_warning(library: Path) -> None:
     edit(library / "nations" / "england.yaml", "[mash, out_of_hours]", "mash")
     edit(

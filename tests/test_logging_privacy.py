@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from msht_cds.logs import RedactExceptions, configure_logging
 from msht_cds.storage import Storage
 
 from .servers import (
@@ -251,3 +252,21 @@ def test_an_unexpected_error_logs_only_the_exception_type(tmp_path: Path) -> Non
     assert patient not in response.text
     assert "KeyError" in logs
     assert patient not in logs, logs
+
+
+def test_uvicorns_own_log_handlers_are_replaced_by_the_redacting_one() -> None:
+    """Started as `uvicorn ... --factory`, uvicorn configures its loggers with handlers of its
+    own before the app configures logging; those would print tracebacks past the redaction."""
+    import logging.config
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    logging.config.dictConfig(LOGGING_CONFIG)
+    assert logging.getLogger("uvicorn").handlers  # what uvicorn does on its own
+    configure_logging("json")
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        assert logger.handlers == [], name
+        assert logger.propagate, name
+    root_handlers = logging.getLogger().handlers
+    assert any(isinstance(f, RedactExceptions) for h in root_handlers for f in h.filters)

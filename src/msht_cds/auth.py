@@ -198,9 +198,17 @@ class _KeySet:
     attempted_at: float = -math.inf
 
 
+MAX_TIME_CLAIM = 2**53
+"""Larger `exp`, `iat` or `nbf` values are not times (and overflow a float)."""
+
+
 def _numeric(claims: dict[str, Any], name: str) -> float:
     value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthError("invalid_claims")
+    if isinstance(value, int) and not -MAX_TIME_CLAIM < value < MAX_TIME_CLAIM:
+        raise AuthError("invalid_claims")
+    if not math.isfinite(value):
         raise AuthError("invalid_claims")
     return float(value)
 

@@ -8,6 +8,7 @@ pydantic models serialised with `exclude_none`, so optional attributes are omitt
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 from dataclasses import dataclass
@@ -86,9 +87,14 @@ def parse_hook_request(body: object, expected_hook: str) -> HookRequest:
         )
     hook_instance = _require(body, "hookInstance", str, "")
     try:
-        uuid.UUID(hook_instance)
-    except ValueError as exc:
-        raise BadRequestError("`hookInstance` must be a UUID") from exc
+        canonical = str(uuid.UUID(hook_instance)) == hook_instance.lower()
+    except ValueError:
+        canonical = False
+    if not canonical:
+        raise BadRequestError(
+            "`hookInstance` must be a UUID in its usual form, e.g. "
+            "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
+        )
     context = _require(body, "context", dict, "")
     user_id = _require(context, "userId", str, "context.")
     match = _USER_ID.match(user_id)
@@ -149,6 +155,9 @@ def _parse_authorization(value: object, fhir_server: object) -> FhirAuthorizatio
             raise BadRequestError(f"`fhirAuthorization.{key}` is required")
     if not isinstance(value.get("expires_in"), int):
         raise BadRequestError("`fhirAuthorization.expires_in` must be an integer")
+    if not all("!" <= char <= "~" for char in value["access_token"]):
+        # RFC 6750 b64token: it goes into an HTTP header, which carries ASCII only.
+        raise BadRequestError("`fhirAuthorization.access_token` must be printable ASCII")
     patient = value.get("patient")
     return FhirAuthorization(
         access_token=value["access_token"],
@@ -256,10 +265,33 @@ class FeedbackItem:
     override_code: str | None
     override_system: str | None
     user_comment_present: bool
-    outcome_timestamp: str
+    outcome_timestamp: dt.datetime
+    """In UTC."""
 
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+MAX_CARD_ID = 64
+"""Longest card id kept (the service's own are 36-character UUIDs)."""
+MAX_CODE = 255
+"""Longest override reason code or system kept."""
+
+
+def _text(value: str, name: str, longest: int) -> str:
+    """A string that a database column can hold: at most `longest` characters, no NUL."""
+    if len(value) > longest or "\x00" in value:
+        raise BadRequestError(f"`{name}` must be at most {longest} characters, without NUL")
+    return value
+
+
+def _instant(timestamp: str) -> dt.datetime | None:
+    """The moment a well-formed date-time names, in UTC; None for an impossible one (30
+    February, hour 24, year 0, or beyond the years a date can hold once in UTC)."""
+    try:
+        return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        return None
 
 
 def parse_feedback(body: object) -> list[FeedbackItem]:
@@ -271,12 +303,13 @@ def parse_feedback(body: object) -> list[FeedbackItem]:
         where = f"feedback[{i}]."
         if not isinstance(entry, dict):
             raise BadRequestError(f"`feedback[{i}]` must be an object")
-        card = _require(entry, "card", str, where)
+        card = _text(_require(entry, "card", str, where), f"{where}card", MAX_CARD_ID)
         outcome = _require(entry, "outcome", str, where)
         if outcome not in ("accepted", "overridden"):
             raise BadRequestError(f"`{where}outcome` must be accepted or overridden")
         timestamp = _require(entry, "outcomeTimestamp", str, where)
-        if not _RFC3339.match(timestamp):
+        at = _instant(timestamp) if _RFC3339.match(timestamp) else None
+        if at is None:
             raise BadRequestError(f"`{where}outcomeTimestamp` must be an RFC 3339 date-time")
         accepted: list[str] = []
         if outcome == "accepted":
@@ -292,8 +325,11 @@ def parse_feedback(body: object) -> list[FeedbackItem]:
         if isinstance(reason, dict):
             coding = reason.get("reason")
             if isinstance(coding, dict):
-                code = coding.get("code") if isinstance(coding.get("code"), str) else None
-                system = coding.get("system") if isinstance(coding.get("system"), str) else None
+                named = f"{where}overrideReason.reason."
+                if isinstance(coding.get("code"), str):
+                    code = _text(coding["code"], f"{named}code", MAX_CODE)
+                if isinstance(coding.get("system"), str):
+                    system = _text(coding["system"], f"{named}system", MAX_CODE)
             comment = isinstance(reason.get("userComment"), str)
-        items.append(FeedbackItem(card, outcome, tuple(accepted), code, system, comment, timestamp))
+        items.append(FeedbackItem(card, outcome, tuple(accepted), code, system, comment, at))
     return items

@@ -52,6 +52,12 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
     root.setLevel(level)
     # uvicorn's access log prints the request line; our own request log replaces it.
     logging.getLogger("uvicorn.access").disabled = True
+    # Started as `uvicorn --factory`, uvicorn's loggers have handlers of their own that would
+    # print tracebacks past the redaction: send everything through ours.
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 

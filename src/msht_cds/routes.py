@@ -9,7 +9,6 @@ large. Never a 5xx for bad input.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 import uuid
 from typing import Any
@@ -207,13 +206,15 @@ async def call_service(service_id: str, request: Request) -> Response:
         audit = answered.audit
         latency = answered.latency
     except RequestError as exc:
+        _forget_frames(exc)
         status = exc.status_code
         response = error_response(exc)
         if status != 401:
             log.info("hook_rejected", request_id=request_id, reason=exc.issue_code)
         latency = time.perf_counter() - started
         audit = call.audit_rows(status, latency)
-    except RecursionError:
+    except RecursionError as exc:
+        _forget_frames(exc)
         status = 400
         response = outcome(400, "structure", "the JSON is nested too deeply")
         latency = time.perf_counter() - started
@@ -243,6 +244,18 @@ async def call_service(service_id: str, request: Request) -> Response:
     return response
 
 
+def _forget_frames(error: BaseException) -> None:
+    """A rejected call's exceptions must not keep its frames, and so its decoded record,
+    alive: the traceback and the thread pool's future form a cycle that only a full cyclic
+    collection would free, and a worker would pile up records of rejected calls until then."""
+    seen: set[int] = set()
+    found: BaseException | None = error
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        found.__traceback__ = None
+        found = found.__cause__ or found.__context__
+
+
 @router.get("/cds-services/{service_id}", include_in_schema=False)
 async def service_get(service_id: str) -> Response:
     return outcome(405, "not-supported", "use POST to call a CDS service")
@@ -270,9 +283,7 @@ async def feedback(service_id: str, request: Request) -> Response:
             accepted_suggestions=list(item.accepted_suggestions),
             override_code=item.override_code,
             override_system=item.override_system,
-            outcome_timestamp=dt.datetime.fromisoformat(
-                item.outcome_timestamp.replace("Z", "+00:00")
-            ),
+            outcome_timestamp=item.outcome_timestamp,
             user_comment_present=item.user_comment_present,
         )
         for item in items

@@ -337,6 +337,20 @@ class Combination(Strict):
         description="Card indicator for each concern; `critical` indicators override."
     )
 
+    @model_validator(mode="after")
+    def _every_level_has_a_card_indicator(self) -> Combination:
+        missing = sorted({level.concern for level in self.levels} - set(self.card_indicator))
+        if missing:
+            raise ValueError(
+                f"card_indicator has no entry for concern {', '.join(missing)}; give each "
+                "concern in `levels` one of info, warning, critical"
+            )
+        if any(level.any is None and level.all is None for level in self.levels):
+            raise ValueError(
+                "each level needs `any:` or `all:` (a level with neither matches every record)"
+            )
+        return self
+
 
 class LibraryManifest(Strict):
     """`pathways/library.yaml`: identity of the library and its combination rules."""
