@@ -21,10 +21,12 @@ import pytest
 from markdown_it import MarkdownIt
 
 from msht_cds.cards import (
+    NEUTRAL_SUMMARY,
     OVERRIDE_SYSTEM,
     SECURITY_LABELS,
     CardTemplates,
     referral_suggestion_uuid,
+    safe_summary,
 )
 from msht_cds.cdshooks import parse_hook_request
 from msht_cds.errors import LibraryLoadError
@@ -505,3 +507,12 @@ def test_templates_are_served_from_memory_until_reloaded(tmp_path: Path) -> None
     assert templates.render("assessment", "summary.j2", variables) == before
     with pytest.raises(LibraryLoadError):
         CardTemplates.load(cards_dir)
+
+
+def test_a_summary_naming_exploitation_is_replaced_by_a_neutral_one() -> None:
+    """Defence in depth behind lint: whatever the templates render, no summary shown before the
+    card is opened names exploitation."""
+    assert safe_summary("Safeguarding: possible criminal exploitation") == NEUTRAL_SUMMARY
+    assert safe_summary("Signs of TRAFFICKING") == NEUTRAL_SUMMARY
+    calm = "Safeguarding: consider seeing the young person alone and asking"
+    assert safe_summary(calm) == calm

@@ -352,6 +352,20 @@ def test_a_concern_without_a_card_indicator_is_a_located_error(bundled: Path) ->
     assert "card_indicator has no entry for concern low" in issues[0].message
 
 
+def test_a_summary_that_renders_a_form_label_is_unsafe_wording(bundled: Path) -> None:
+    """The template text names nothing, but the rendered summary does ("criminal
+    exploitation"): lint reads what every situation renders, not only the template."""
+    summary = bundled.parent / "cards" / "assessment.summary.j2"
+    edit(
+        summary,
+        "Safeguarding information for this visit",
+        "Safeguarding: possible {{ form_labels | join(' / ') }}",
+    )
+    unsafe = [i for i in lint(bundled) if i.code == "unsafe-summary-wording"]
+    assert [(i.path, i.severity) for i in unsafe] == [("cards/assessment.summary.j2", "error")]
+    assert "`exploit…` reaches the summary when" in unsafe[0].message
+
+
 def test_a_local_contact_no_step_shows_is_a_warning(library: Path) -> None:
     edit(library / "nations" / "england.yaml", "[mash, out_of_hours]", "mash")
     edit(

@@ -20,7 +20,14 @@ from typing import Any
 from jinja2 import FileSystemLoader
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .cards import CARD_KINDS, FORM_LABELS, CardTemplates, template_environment, template_variables
+from .cards import (
+    CARD_KINDS,
+    FORM_LABELS,
+    UNSAFE_SUMMARY_WORDS,
+    CardTemplates,
+    template_environment,
+    template_variables,
+)
 from .errors import LibraryLoadError, LintIssue
 from .library.evaluate import Assessment, Fact, IndicatorResult
 from .library.loader import Library
@@ -96,6 +103,7 @@ def _render_checks(
 ) -> list[LintIssue]:
     issues: list[LintIssue] = []
     failed: set[str] = set()
+    unsafe: set[str] = set()
     longest: dict[str, tuple[int, str, str]] = {}
     root = Path(str(env.loader.searchpath[0])) if isinstance(env.loader, FileSystemLoader) else None
     for variables, situation in worst_cases(library):
@@ -123,6 +131,20 @@ def _render_checks(
                 text = text.replace("\n", " ")
                 if len(text) > longest.get(name, (-1, "", ""))[0]:
                     longest[name] = (len(text), situation, text)
+                found = UNSAFE_SUMMARY_WORDS.search(text)
+                if found and name not in unsafe:
+                    unsafe.add(name)
+                    issues.append(
+                        LintIssue(
+                            shown((root or Path()) / name),
+                            1,
+                            1,
+                            "unsafe-summary-wording",
+                            f'`{found.group(0)}…` reaches the summary when {situation}: "{text}". '
+                            "An accompanying adult may see the screen: keep variables that "
+                            "name exploitation (such as form_labels) out of the summary.",
+                        )
+                    )
     for name, (size, situation, text) in sorted(longest.items()):
         if size >= SUMMARY_LIMIT:
             issues.append(

@@ -21,6 +21,7 @@ from ..record import (
     concept_readers,
     path_reader,
     reference_key,
+    without_version,
 )
 from .fhirpath import CompiledPath, compile_strict, truthy
 from .model import (
@@ -359,8 +360,9 @@ class CompiledSelector:
             elif spec.question is not None:
                 key = f"{reference}#{spec.question.link_id}"
             elif spec.resource == "Encounter":
-                # An attendance (class) and its reason (e.g. an assault) are different facts.
-                key = f"{reference}#{spec.code_path or 'reasonCode'}"
+                # An attendance (class) and its reason (e.g. an assault) are different facts,
+                # and so are two reasons of one visit (an assault and an intoxication).
+                key = f"{reference}#{spec.code_path or 'reasonCode'}{self._matched(resource)}"
             elif spec.resource == "Condition":
                 key = _diagnosis_key(record, resource, reference)
             description = spec.describe if date is None else f"{spec.describe} ({date.isoformat()})"
@@ -401,6 +403,14 @@ class CompiledSelector:
         hits = {p for value, found in index.items() if text.search(value, ev) for p in found}
         return [candidates[p] for p in sorted(hits)]
 
+    def _matched(self, resource: Resource) -> str:
+        """`:code|code`, the resource's codes in the value set ("" without `codes:`)."""
+        if self.codes is None:
+            return ""
+        codes = self.codes
+        found = {c for s, c in codings(resource, self.spec.code_path) if codes.contains((s, c))}
+        return ":" + "|".join(sorted(found)) if found else ""
+
     def _coded(self, resource: Resource) -> bool:
         """Any of the resource's codings in the value set (the few-candidate selectors)."""
         assert self.codes is not None
@@ -416,14 +426,15 @@ def _days_before(day: dt.date, days: int) -> dt.date:
 
 
 def _diagnosis_key(record: PatientRecord, condition: Resource, reference: str) -> str:
-    """A diagnosis that restates the reason for its own attendance is the same fact as that
-    reason: one intoxication coded on the visit and as a diagnosis counts once."""
+    """A diagnosis that restates a reason for its own attendance is the same fact as that
+    reason (keyed by the codes they share): one intoxication coded on the visit and as a
+    diagnosis counts once."""
     encounter = record.resolve(condition.get("encounter"))
     if encounter is None or encounter.get("resourceType") != "Encounter":
         return reference
-    reasons = set(codings(encounter, "reasonCode"))
-    if reasons and reasons & set(codings(condition)):
-        return f"{reference_key(encounter)}#reasonCode"
+    common = set(codings(encounter, "reasonCode")) & set(codings(condition))
+    if common:
+        return f"{reference_key(encounter)}#reasonCode:{'|'.join(sorted(c for _, c in common))}"
     return reference
 
 
@@ -575,7 +586,8 @@ class Compiler:
                 for fact in facts:
                     resource = ev.record.by_reference.get(fact.reference)
                     if resource is not None:
-                        values.update(str(v) for v in distinct(resource))
+                        values.update(_identity(ev.record, v) for v in distinct(resource))
+                values.discard("")
                 count = len(values)
             else:
                 count = len(facts)
@@ -583,6 +595,27 @@ class Compiler:
             return ok, (facts if ok else [])
 
         return check
+
+
+def _identity(record: PatientRecord, value: object) -> str:
+    """What a `distinct` value stands for. A Reference, or a reference string, is its target:
+    `Organization/h1`, its absolute URL and its `_history` versions are one hospital, and a
+    reference to a resource in the record is that resource; a Reference with only an
+    identifier is `system|value`. Anything else is its text ("" for nothing usable)."""
+    if isinstance(value, dict):
+        if isinstance(value.get("reference"), str):
+            return _identity(record, value["reference"])
+        identifier = value.get("identifier")
+        if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
+            return f"{identifier.get('system', '')}|{identifier['value']}"
+        return ""
+    if isinstance(value, str):
+        target = record.resolve(value)
+        if target is not None:
+            return reference_key(target)
+        parts = without_version(value).rstrip("/").split("/")
+        return "/".join(parts[-2:]) if len(parts) >= 2 and not value.startswith("urn:") else value
+    return str(value)
 
 
 def _all(parts: list[Predicate], ev: Evaluation) -> tuple[bool, list[Fact]]:

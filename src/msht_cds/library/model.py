@@ -208,7 +208,8 @@ class Condition(Strict):
     distinct: str | None = Field(
         default=None,
         description="With evidence: count distinct values of this dotted path "
-        "(e.g. serviceProvider.reference) instead of facts.",
+        "(e.g. serviceProvider) instead of facts; a Reference counts as what it names "
+        "(Type/id, or identifier system|value).",
     )
     age: AgeRange | None = Field(default=None, description="Age at the visit date.")
     age_unknown: bool | None = Field(
