@@ -271,13 +271,17 @@ def screening_score(resource: Resource, items: frozenset[str]) -> int:
 
 
 def question_matches(resource: Resource, question: QuestionTest) -> bool:
+    """An answer to the question equal to `question.answer`: a boolean, or a coded or text
+    answer."""
     if not _answered(resource, question.questionnaire):
         return False
     for answer in _answers(array(resource.get("item")), question.link_id):
         if not isinstance(answer, dict):
             continue
-        if question.answer is True and answer.get("valueBoolean") is True:
-            return True
+        if isinstance(question.answer, bool):  # `answer: false` asks for a recorded "no"
+            if answer.get("valueBoolean") is question.answer:
+                return True
+            continue
         coding = answer.get("valueCoding")
         if isinstance(coding, dict) and coding.get("code") == question.answer:
             return True

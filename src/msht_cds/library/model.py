@@ -105,7 +105,10 @@ class QuestionTest(Strict):
 
     questionnaire: str = Field(description="Canonical URL of the Questionnaire.")
     link_id: str = Field(description="The item's linkId.")
-    answer: bool | str = Field(default=True, description="true for a yes, or a coded answer.")
+    answer: bool | str = Field(
+        default=True,
+        description="true for a yes, false for a recorded no, or a coded or text answer.",
+    )
 
 
 class ScoreTest(Strict):
