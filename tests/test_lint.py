@@ -366,6 +366,26 @@ def test_a_summary_that_renders_a_form_label_is_unsafe_wording(bundled: Path) ->
     assert "`exploit…` reaches the summary when" in unsafe[0].message
 
 
+@pytest.mark.parametrize(
+    ("typo", "message"),
+    [
+        (".exist()", "`exist()` is not a FHIRPath function"),
+        (".exists() and %visitdate.exists()", "`%visitdate` is not defined (known: %visitDate)"),
+    ],
+)
+def test_a_fhirpath_that_parses_but_cannot_run_is_an_error(
+    bundled: Path, typo: str, message: str
+) -> None:
+    """It parses, but every evaluation would fail, and the rule would never match."""
+    path = bundled / "indicators" / "b-address-instability.yaml"
+    edit(path, "period.end.empty()).exists()", f"period.end.empty()){typo}")
+    issues = lint(bundled)
+    assert [(i.path, i.line, i.code) for i in issues if i.code != "case-failed"] == [
+        ("pathways/indicators/b-address-instability.yaml", 36, "fhirpath-syntax")
+    ]
+    assert message in issues[0].message
+
+
 def test_a_local_contact_no_step_shows_is_a_warning(library: Path) -> None:
     edit(library / "nations" / "england.yaml", "[mash, out_of_hours]", "mash")
     edit(

@@ -62,7 +62,7 @@ CODES: dict[LintCode, CodeInfo] = {
     "unknown-indicator": CodeInfo(E, "An indicator id that is not in the library."),
     "unknown-nation": CodeInfo(E, "A local overlay names a nation without a pathway file."),
     "indicator-cycle": CodeInfo(E, "Indicators refer to each other in a loop."),
-    "fhirpath-syntax": CodeInfo(E, "A FHIRPath expression does not parse strictly."),
+    "fhirpath-syntax": CodeInfo(E, "A FHIRPath expression does not parse, or cannot run."),
     "unknown-questionnaire": CodeInfo(W, "A question names a Questionnaire the library lacks."),
     "unknown-question": CodeInfo(E, "A question's link_id is not an item of its Questionnaire."),
     "unscorable-questionnaire": CodeInfo(E, "A score's Questionnaire is missing or too short."),

@@ -58,6 +58,30 @@ def check_syntax(expression: str) -> None:
         raise FhirPathSyntaxError(f"unexpected text after the expression: {stream.LT(1).text!r}")
 
 
+VARIABLES = ("visitDate",)
+"""The environment variables the evaluator gives every expression (`%visitDate`)."""
+
+
+def check_names(expression: str, resource_type: str) -> None:
+    """Raise FhirPathSyntaxError for a function or `%variable` fhirpathpy does not know: such
+    an expression parses, but every evaluation fails, so the rule would never match. Found by
+    evaluating it once on an empty resource, where these fail before any data is read."""
+    compiled = fhirpath_compile(expression, _r4_model())
+    try:
+        compiled({"resourceType": resource_type}, dict.fromkeys(VARIABLES, "2026-01-01"))
+    except RecursionError:
+        raise
+    except Exception as exc:  # fhirpathpy signals both with bare exceptions
+        message = str(exc)
+        if message.startswith("Not implemented: "):
+            name = message.removeprefix("Not implemented: ")
+            raise FhirPathSyntaxError(f"`{name}()` is not a FHIRPath function") from None
+        if "undefined environment variable" in message:
+            name = message.rsplit(":", 1)[-1].strip()
+            known = ", ".join(f"%{v}" for v in VARIABLES)
+            raise FhirPathSyntaxError(f"`%{name}` is not defined (known: {known})") from None
+
+
 def compile_strict(expression: str) -> CompiledPath:
     """Parse strictly, compile once. On a resource whose data the expression cannot work with
     (a date that is a list, a Quantity without a system...), fhirpathpy raises plain

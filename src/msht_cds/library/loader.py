@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import LibraryLoadError, LintIssue
 from .evaluate import CodeSet, CompiledIndicator, Compiler, Predicate, scored_items
-from .fhirpath import FhirPathSyntaxError, check_syntax
+from .fhirpath import FhirPathSyntaxError, check_names, check_syntax
 from .model import (
     CaseFile,
     Condition,
@@ -322,7 +322,7 @@ class _Loader:
                     )
                 )
             if cond.fhirpath is not None:
-                self._check_fhirpath(doc, loc, cond.fhirpath)
+                self._check_fhirpath(doc, loc, cond.fhirpath, "Patient")
 
     def _check_evidence(
         self, doc: YamlDocument, name: str, spec: Evidence, valuesets: dict[str, Located]
@@ -338,7 +338,7 @@ class _Loader:
                 )
             )
         if spec.fhirpath is not None:
-            self._check_fhirpath(doc, (*loc, "fhirpath"), spec.fhirpath)
+            self._check_fhirpath(doc, (*loc, "fhirpath"), spec.fhirpath, spec.resource)
         if spec.score is not None:
             self._check_score(doc, (*loc, "score"), spec.score)
 
@@ -366,15 +366,18 @@ class _Loader:
             issue = doc.issue((*loc, "at_least"), "unscorable-questionnaire", message)
             self.issues.append(issue)
 
-    def _check_fhirpath(self, doc: YamlDocument, loc: tuple[str | int, ...], expr: str) -> None:
+    def _check_fhirpath(
+        self, doc: YamlDocument, loc: tuple[str | int, ...], expr: str, resource_type: str
+    ) -> None:
         try:
             check_syntax(expr)
+            check_names(expr, resource_type)
         except FhirPathSyntaxError as exc:
             self.issues.append(
                 doc.issue(
                     loc,
                     "fhirpath-syntax",
-                    f"FHIRPath `{expr}` does not parse ({exc}); fix the expression or use a "
+                    f"FHIRPath `{expr}` cannot work ({exc}); fix the expression or use a "
                     "declarative test (codes, where, within_days).",
                 )
             )
