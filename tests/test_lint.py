@@ -386,6 +386,21 @@ def test_a_fhirpath_that_parses_but_cannot_run_is_an_error(
     assert message in issues[0].message
 
 
+def test_a_context_rule_that_suppresses_everyone_fails_the_fires_cases(bundled: Path) -> None:
+    """A suppressed indicator does not count, so a `fires` case is not met by it: a context
+    rule that switches the indicator off for every child cannot leave its cases green."""
+    path = bundled / "indicators" / "e-tattoo-branding.yaml"
+    rule = "context:\n  - {when: {age: {under: 25}}, effect: suppress, reason: Everyone.}\n"
+    path.write_text(path.read_text(encoding="utf-8") + rule, encoding="utf-8")
+    report = run_cases(load_library(bundled), "TATTOO")
+    failed = [r for r in report.results if not r.passed and not r.todo]
+    assert failed
+    assert all(
+        "expected TATTOO_BRANDING to fire, it was suppressed by a context rule" in r.failures
+        for r in failed
+    )
+
+
 def test_a_local_contact_no_step_shows_is_a_warning(library: Path) -> None:
     edit(library / "nations" / "england.yaml", "[mash, out_of_hours]", "mash")
     edit(

@@ -70,12 +70,18 @@ def assess_case(library: Library, case: Case) -> Assessment:
 def check_case(library: Library, case: Case) -> list[str]:
     """Everything the case expected that did not happen (empty = pass)."""
     assessment = assess_case(library, case)
-    fired = assessment.fired_ids
+    # Fired and not suppressed by a context rule: a rule switched off by a context rule that
+    # matches everyone must not leave its cases green. A suppression is tested with `quiet`.
     live = {r.indicator.id for r in assessment.results if r.fired and not r.suppressed}
     failures = []
     for ident in case.expect.fires:
-        if ident not in fired:
-            failures.append(f"expected {ident} to fire, it did not")
+        if ident not in live:
+            suppressed = ident in assessment.fired_ids
+            failures.append(
+                f"expected {ident} to fire, it was suppressed by a context rule"
+                if suppressed
+                else f"expected {ident} to fire, it did not"
+            )
     for ident in case.expect.quiet:
         if ident in live:
             failures.append(f"expected {ident} to stay quiet, it fired")
