@@ -216,6 +216,16 @@ def test_a_broken_library_is_rejected_and_the_last_good_one_keeps_serving(
     assert metric(live, "msht_cds_library_last_reload_ok") == 1
 
 
+def test_a_library_deployed_without_its_cases_reloads(live: LiveApp, library: Path) -> None:
+    """A deployment may ship the rules without their tests: missing cases stop `msht-cds lint`
+    but not a reload (cases that are shipped must pass)."""
+    for case_file in (library / "pathways").rglob("*.test.yaml"):
+        case_file.unlink()
+    status = live.runtime.reload()
+    assert status.ok is True, [str(i) for i in status.issues]
+    assert post(live).status_code == 200
+
+
 def test_a_template_edited_on_disk_is_not_served_before_a_reload(
     live: LiveApp, library: Path
 ) -> None:

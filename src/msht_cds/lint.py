@@ -108,11 +108,20 @@ def lint_library(library_dir: Path, cards_dir: Path) -> list[LintIssue]:
     return sorted(unique.values(), key=lambda i: (i.path, i.line, i.column, i.code))
 
 
+NOT_FOR_SERVING: frozenset[LintCode] = frozenset({"missing-fires-case", "missing-quiet-case"})
+"""Errors about cases that are absent: a deployment may ship the library without its tests.
+Cases that are shipped must pass (`case-failed` still stops it)."""
+
+
 def load_linted_knowledge(library_dir: Path, cards_dir: Path) -> Knowledge:
     """What start-up and every reload serve: the library and templates, only when lint finds no
-    error (meaning checks and cases included, not only the schema). Raises LibraryLoadError
-    with every error otherwise, so the last good library keeps serving."""
-    errors = [i for i in lint_library(library_dir, cards_dir) if i.severity == "error"]
+    error (meaning checks and shipped cases included, not only the schema). Raises
+    LibraryLoadError with every error otherwise, so the last good library keeps serving."""
+    errors = [
+        issue
+        for issue in lint_library(library_dir, cards_dir)
+        if issue.severity == "error" and issue.code not in NOT_FOR_SERVING
+    ]
     if errors:
         raise LibraryLoadError(errors)
     return load_knowledge(library_dir, cards_dir)
