@@ -401,6 +401,21 @@ def test_a_context_rule_that_suppresses_everyone_fails_the_fires_cases(bundled: 
     )
 
 
+@pytest.mark.parametrize("bad", ["2008-6-2", "2010-02-30", "1 June 2026"])
+def test_a_case_date_the_service_cannot_read_is_an_error(bundled: Path, bad: str) -> None:
+    """Read as absent, a malformed birth date makes the age unknown (so the child is assessed)
+    and the case may pass for the wrong reason."""
+    path = bundled / "indicators" / "e-tattoo-branding.test.yaml"
+    edit(path, "birthDate: 2008-06-02", f'birthDate: "{bad}"')
+    issues = [i for i in lint(bundled) if i.code == "invalid-value"]
+    assert [(i.path, i.code) for i in issues] == [
+        ("pathways/indicators/e-tattoo-branding.test.yaml", "invalid-value")
+    ]
+    assert issues[0].message.startswith(f"`{bad}` is not a FHIR date")
+    line = path.read_text(encoding="utf-8").splitlines()[issues[0].line - 1]
+    assert bad in line
+
+
 def test_a_local_contact_no_step_shows_is_a_warning(library: Path) -> None:
     edit(library / "nations" / "england.yaml", "[mash, out_of_hours]", "mash")
     edit(

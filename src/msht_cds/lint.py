@@ -13,7 +13,10 @@ docs/lint-codes.md has one section per code (a test keeps the two lists identica
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
@@ -24,6 +27,7 @@ from .library.model import Condition, Indicator
 from .library.testing import check_case, run_cases
 from .lint_files import check_files, with_hints
 from .lint_templates import check_templates
+from .record import parse_date
 from .service import Knowledge, load_knowledge
 
 Severity = Literal["error", "warning"]
@@ -162,6 +166,17 @@ def check_cases(library: Library) -> list[LintIssue]:
         )
     for located in library.case_files:
         for index, case in enumerate(located.model.cases):
+            for r, resource in enumerate(case.resources):
+                for path, value in _malformed_dates(resource):
+                    issues.append(
+                        located.doc.issue(
+                            ("cases", index, "resources", r, *path),
+                            "invalid-value",
+                            f"`{value}` is not a FHIR date or date-time (YYYY, YYYY-MM, "
+                            "YYYY-MM-DD, or YYYY-MM-DDThh:mm:ss with a zone); the service reads "
+                            "it as absent, so the case would not test what it says.",
+                        )
+                    )
             if case.todo:
                 continue
             try:
@@ -179,6 +194,36 @@ def check_cases(library: Library) -> list[LintIssue]:
                     )
                 )
     return issues
+
+
+_DATE_KEYS = frozenset(
+    {
+        "birthDate", "deceasedDateTime", "start", "end", "authored", "authoredOn", "issued",
+        "recordedDate", "onsetDateTime", "abatementDateTime", "effectiveDateTime",
+        "performedDateTime", "occurrenceDateTime", "whenHandedOver", "dateAsserted", "created",
+    }
+)  # fmt: skip
+_FHIR_DATE = re.compile(
+    r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+
+
+def _malformed_dates(node: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[Any, str]]:
+    """(path, text) of every date element in a case resource that FHIR would not accept."""
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    for key, value in items:
+        if key in _DATE_KEYS and isinstance(value, str | dt.date):
+            text = value.isoformat() if isinstance(value, dt.date) else value
+            if not _FHIR_DATE.match(text) or parse_date(text) is None:
+                yield (*path, key), text
+        else:
+            yield from _malformed_dates(value, (*path, key))
 
 
 def _at_indicator(library: Library, ident: str, code: str, message: str) -> LintIssue:
