@@ -416,6 +416,22 @@ def test_a_case_date_the_service_cannot_read_is_an_error(bundled: Path, bad: str
     assert bad in line
 
 
+def test_a_case_expects_the_card_its_hook_shows(bundled: Path) -> None:
+    """A medium concern gives an information card at the start of a visit, and none at
+    discharge (discharge warns only of a high concern without a referral): the same case
+    moved to `encounter-discharge` must fail, not pass on the assessment alone."""
+    path = bundled / "scenarios" / "forms.test.yaml"
+    name = "scenario: sexual early signs - 15-year-old with a second emergency contraception"
+    assert all(r.passed for r in run_cases(load_library(bundled), name).results)
+    edit(
+        path,
+        "    today: 2026-04-22\n    hook: encounter-start\n",
+        "    today: 2026-04-22\n    hook: encounter-discharge\n",
+    )
+    [result] = run_cases(load_library(bundled), name).results
+    assert result.failures == ["expected card indicator info, got none"]
+
+
 def test_a_local_contact_no_step_shows_is_a_warning(library: Path) -> None:
     edit(library / "nations" / "england.yaml", "[mash, out_of_hours]", "mash")
     edit(

@@ -15,11 +15,11 @@ from .cdshooks import HOOKS, ORDER_HOOKS, Card, CdsResponse, HookRequest, parse_
 from .config import Settings
 from .errors import PrefetchError
 from .fhir import FhirReader
-from .library.assess import assess
+from .library.assess import assess, card_is_due
 from .library.evaluate import Assessment
 from .library.loader import Library, load_library
 from .prefetch import PrefetchPlan, PrefetchState, read_prefetch
-from .record import PatientRecord, reference_key, resources_from_value
+from .record import PatientRecord, resources_from_value
 from .referral import plan_referral, select_overlay
 
 SERVICE_IDS: dict[str, str] = {hook: f"msht-{hook}" for hook in HOOKS}
@@ -183,16 +183,17 @@ def _card_for_hook(
     indicator = assessment.card_indicator or "info"
     kind = "assessment"
     earlier: str | None = None
+    if not card_is_due(
+        request.hook,
+        assessment,
+        record,
+        selected=request.selections if request.hook == "order-select" else None,
+        referral_recorded=history.referral_recorded_for_encounter,
+    ):
+        return None
     if request.hook == "encounter-discharge":
-        if assessment.concern != "high" or history.referral_recorded_for_encounter:
-            return None
         kind = "discharge"
     elif request.hook in ORDER_HOOKS:
-        drafts = {reference_key(r) for r in record.draft_orders}
-        if request.hook == "order-select":  # the card speaks of the order being selected
-            drafts &= set(request.selections)
-        if not any(f.reference in drafts for r in assessment.counted for f in r.evidence):
-            return None
         kind = "order"
     elif history.earlier_referral_override is not None and indicator != "critical":
         indicator = "info"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 
-from ..record import PatientRecord
+from ..record import PatientRecord, reference_key
 from .evaluate import Assessment, Evaluation, combine, deduplicate
 from .loader import Library
 
@@ -27,3 +28,27 @@ def assess(
     deduplicate(results)
     concern, card_indicator = combine(library.manifest.combination, results)
     return Assessment(results, concern, card_indicator, library.version)
+
+
+def card_is_due(
+    hook: str,
+    assessment: Assessment,
+    record: PatientRecord,
+    *,
+    selected: Collection[str] | None = None,
+    referral_recorded: bool = False,
+) -> bool:
+    """Whether `hook` shows a card for this assessment (at the assessment's card level). Every
+    hook needs a concern; `encounter-discharge` only a high one with no referral recorded for
+    the encounter; the order hooks only when counted evidence is one of the draft orders (for
+    `order-select`, one of the `selected` ones: the card speaks of that order)."""
+    if assessment.concern is None:
+        return False
+    if hook == "encounter-discharge":
+        return assessment.concern == "high" and not referral_recorded
+    if hook in ("order-select", "order-sign"):
+        drafts = {reference_key(r) for r in record.draft_orders}
+        if selected is not None:
+            drafts &= set(selected)
+        return any(f.reference in drafts for r in assessment.counted for f in r.evidence)
+    return True

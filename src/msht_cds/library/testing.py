@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..record import PatientRecord
-from .assess import assess
+from .assess import assess, card_is_due
 from .evaluate import Assessment
 from .loader import Library, Located
 from .model import Case
@@ -69,7 +69,8 @@ def assess_case(library: Library, case: Case) -> Assessment:
 
 def check_case(library: Library, case: Case) -> list[str]:
     """Everything the case expected that did not happen (empty = pass)."""
-    assessment = assess_case(library, case)
+    record = record_for_case(case)
+    assessment = assess(library, record, case.today)
     # Fired and not suppressed by a context rule: a rule switched off by a context rule that
     # matches everyone must not leave its cases green. A suppression is tested with `quiet`.
     live = {r.indicator.id for r in assessment.results if r.fired and not r.suppressed}
@@ -90,7 +91,10 @@ def check_case(library: Library, case: Case) -> list[str]:
         if concern != case.expect.concern:
             failures.append(f"expected concern {case.expect.concern}, got {concern}")
     if case.expect.card_indicator is not None:
-        card = assessment.card_indicator or "none"
+        # As the case's hook shows it: a discharge card only for a high concern, an order card
+        # only for evidence that is a draft order.
+        shown = card_is_due(case.hook, assessment, record)
+        card = (assessment.card_indicator if shown else None) or "none"
         if card != case.expect.card_indicator:
             failures.append(f"expected card indicator {case.expect.card_indicator}, got {card}")
     return failures
