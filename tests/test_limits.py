@@ -193,7 +193,10 @@ def test_a_failed_audit_write_is_a_500_and_the_turn_is_given_back(
 
     storage.record_call = database_down  # type: ignore[method-assign]
     try:
-        failed = http.post(live.service_url(), json=body_for(live))
+        # Its own connection: the server closes one whose call raised, and a pooled connection
+        # being closed would make the next call a client-side race, not a server failure.
+        with httpx.Client(timeout=60) as once:
+            failed = once.post(live.service_url(), json=body_for(live))
     finally:
         storage.record_call = record_call  # type: ignore[method-assign]
     assert_outcome(failed, 500)
