@@ -432,6 +432,19 @@ def test_a_case_expects_the_card_its_hook_shows(bundled: Path) -> None:
     assert result.failures == ["expected card indicator info, got none"]
 
 
+def test_invalid_json_in_a_questionnaire_is_reported_where_it_is(bundled: Path) -> None:
+    path = bundled / "questionnaires" / "sscst.json"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    broken = next(n for n, text in enumerate(lines) if '"linkId": "sscst-3"' in text)
+    lines[broken] = lines[broken].replace('"linkId": "sscst-3"', '"linkId" "sscst-3"')
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    issues = [i for i in lint(bundled) if i.code == "invalid-json"]
+    assert [(i.path, i.line) for i in issues] == [
+        ("pathways/questionnaires/sscst.json", broken + 1)
+    ]
+    assert issues[0].column > 1
+
+
 def test_a_local_contact_no_step_shows_is_a_warning(library: Path) -> None:
     edit(library / "nations" / "england.yaml", "[mash, out_of_hours]", "mash")
     edit(

@@ -264,7 +264,10 @@ class _Loader:
                 text = path.read_text(encoding="utf-8")
                 data = json.loads(text)
             except (OSError, ValueError) as exc:
-                self.issues.append(LintIssue(display, 1, 1, "invalid-json", str(exc)))
+                # A JSON error knows where it is; a file that cannot be read or decoded does not.
+                line = exc.lineno if isinstance(exc, json.JSONDecodeError) else 1
+                column = exc.colno if isinstance(exc, json.JSONDecodeError) else 1
+                self.issues.append(LintIssue(display, line, column, "invalid-json", str(exc)))
                 continue
             self.digest.update(display.encode() + b"\0" + text.encode())
             if (
