@@ -445,6 +445,13 @@ def test_invalid_json_in_a_questionnaire_is_reported_where_it_is(bundled: Path) 
     assert issues[0].column > 1
 
 
+def test_a_file_saved_with_a_byte_order_mark_is_clean(bundled: Path) -> None:
+    """Some Windows editors save UTF-8 with a BOM: the file loads, and its modeline counts."""
+    path = bundled / "indicators" / "e-tattoo-branding.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert lint(bundled) == []
+
+
 def test_a_local_contact_no_step_shows_is_a_warning(library: Path) -> None:
     edit(library / "nations" / "england.yaml", "[mash, out_of_hours]", "mash")
     edit(

@@ -60,7 +60,8 @@ def check_files(library_dir: Path) -> list[LintIssue]:
                 )
             )
             continue
-        first = path.read_text(encoding="utf-8", errors="replace").partition("\n")[0].strip()
+        text = path.read_text(encoding="utf-8", errors="replace").removeprefix("\ufeff")  # BOM
+        first = text.partition("\n")[0].strip()
         want = expected_modeline(library_dir, path, kind)
         if not first.startswith(MODELINE_PREFIX):
             issues.append(

@@ -143,7 +143,7 @@ class _Loader:
                 continue
             if not path.name.endswith(".test.yaml"):  # the revision is what is served
                 self.digest.update(display.encode() + b"\0" + doc.text.encode())
-            if not doc.text.startswith(MODELINE_PREFIX):
+            if not doc.text.removeprefix("\ufeff").startswith(MODELINE_PREFIX):  # a BOM is fine
                 self.warnings.append(
                     LintIssue(
                         display,
