@@ -97,6 +97,18 @@ def test_other_override_reasons_do_not_downgrade(client: TestClient) -> None:
     assert call(client, "patient-view", example_request())["cards"][0]["indicator"] == "warning"
 
 
+def draft_order(resource_type: str, ident: str, **coded: Any) -> dict[str, Any]:
+    """An order being selected or signed for the example child."""
+    return {
+        "resourceType": resource_type,
+        "id": ident,
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": "Patient/example-child-1"},
+        **coded,
+    }
+
+
 def order_request(birth_date: str) -> dict[str, Any]:
     body = example_request()
     body["context"].pop("encounterId")
@@ -107,14 +119,11 @@ def order_request(birth_date: str) -> dict[str, Any]:
         "id": "example-child-1",
         "birthDate": birth_date,
     }
-    order = {
-        "resourceType": "ServiceRequest",
-        "id": "draft-sti-test",
-        "status": "draft",
-        "intent": "order",
-        "subject": {"reference": "Patient/example-child-1"},
-        "code": {"coding": [{"system": "http://loinc.org", "code": "92684-0"}]},
-    }
+    order = draft_order(
+        "ServiceRequest",
+        "draft-sti-test",
+        code={"coding": [{"system": "http://loinc.org", "code": "92684-0"}]},
+    )
     body["context"]["draftOrders"] = {
         "resourceType": "Bundle",
         "type": "collection",
@@ -140,14 +149,11 @@ def test_order_select_speaks_only_of_the_selected_order(client: TestClient) -> N
     """The card says the order being selected may be an indicator: another draft order in the
     same basket does not make it so."""
     body = order_request("2015-01-01")
-    paracetamol = {
-        "resourceType": "MedicationRequest",
-        "id": "draft-paracetamol",
-        "status": "draft",
-        "intent": "order",
-        "subject": {"reference": "Patient/example-child-1"},
-        "medicationCodeableConcept": {"text": "Paracetamol 250 mg/5 ml oral suspension"},
-    }
+    paracetamol = draft_order(
+        "MedicationRequest",
+        "draft-paracetamol",
+        medicationCodeableConcept={"text": "Paracetamol 250 mg/5 ml oral suspension"},
+    )
     body["context"]["draftOrders"]["entry"].append({"resource": paracetamol})
     body["context"]["selections"] = ["MedicationRequest/draft-paracetamol"]
     assert call(client, "order-select", body)["cards"] == []

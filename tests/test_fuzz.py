@@ -51,7 +51,7 @@ from msht_cds.errors import (
 from msht_cds.fhir import FhirLimits, FhirReader
 from msht_cds.library.assess import assess
 from msht_cds.library.loader import Library, load_library
-from msht_cds.record import PatientRecord
+from msht_cds.record import PatientRecord, elements
 from msht_cds.service import SERVICE_IDS
 
 from .servers import (
@@ -528,19 +528,6 @@ def test_hook_request_parsing_fails_only_with_bad_request(body: Any, hook: str) 
 WRONG_SHAPES: list[Any] = [5, "x", {}, [], None, True, [5], ["x"], [{}], {"a": 1}]
 
 
-def _json_paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    items = (
-        node.items()
-        if isinstance(node, dict)
-        else enumerate(node)
-        if isinstance(node, list)
-        else ()
-    )
-    for key, value in items:
-        yield (*prefix, key)
-        yield from _json_paths(value, (*prefix, key))
-
-
 def _replaced(resource: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
     copied = copy.deepcopy(resource)
     node: Any = copied
@@ -558,10 +545,7 @@ def _variants(replacements: Callable[[tuple[Any, ...], Any], list[Any]]) -> Iter
         for case in located.model.cases:
             patient = next((r for r in case.resources if r.get("resourceType") == "Patient"), {})
             for position, resource in enumerate(case.resources):
-                for path in _json_paths(resource):
-                    current: Any = resource
-                    for part in path:
-                        current = current[part]
+                for path, current in elements(resource):
                     for value in replacements(path, current):
                         resources = list(case.resources)
                         resources[position] = _replaced(resource, path, value)

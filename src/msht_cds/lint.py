@@ -27,7 +27,7 @@ from .library.model import Condition, Indicator
 from .library.testing import check_case, run_cases
 from .lint_files import check_files, with_hints
 from .lint_templates import check_templates
-from .record import parse_date
+from .record import elements, parse_date
 from .service import Knowledge, load_knowledge
 
 Severity = Literal["error", "warning"]
@@ -208,22 +208,13 @@ _FHIR_DATE = re.compile(
 )
 
 
-def _malformed_dates(node: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[Any, str]]:
+def _malformed_dates(resource: dict[str, Any]) -> Iterator[tuple[Any, str]]:
     """(path, text) of every date element in a case resource that FHIR would not accept."""
-    items = (
-        node.items()
-        if isinstance(node, dict)
-        else enumerate(node)
-        if isinstance(node, list)
-        else ()
-    )
-    for key, value in items:
-        if key in _DATE_KEYS and isinstance(value, str | dt.date):
+    for path, value in elements(resource):
+        if path[-1] in _DATE_KEYS and isinstance(value, str | dt.date):
             text = value.isoformat() if isinstance(value, dt.date) else value
             if not _FHIR_DATE.match(text) or parse_date(text) is None:
-                yield (*path, key), text
-        else:
-            yield from _malformed_dates(value, (*path, key))
+                yield path, text
 
 
 def _at_indicator(library: Library, ident: str, code: str, message: str) -> LintIssue:

@@ -81,6 +81,27 @@ def without_version(reference: str) -> str:
     return reference.split("/_history/", 1)[0]
 
 
+def relative_reference(reference: str) -> str | None:
+    """`Type/id` that a relative, absolute or version-specific reference names; None for a
+    `urn:` or a bare id."""
+    text = without_version(reference)
+    if text.startswith("urn:"):
+        return None
+    parts = text.rstrip("/").split("/")
+    return f"{parts[-2]}/{parts[-1]}" if len(parts) >= 2 else None
+
+
+def elements(node: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[Any, Any]]:
+    """(path, value) of every element of a JSON tree, at any depth, parents first."""
+    if isinstance(node, dict):
+        items: Iterable[tuple[Any, Any]] = node.items()
+    else:
+        items = enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        yield (*path, key), value
+        yield from elements(value, (*path, key))
+
+
 _WITHDRAWN_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 
 
@@ -298,12 +319,11 @@ class PatientRecord:
         text = reference.get("reference") if isinstance(reference, dict) else reference
         if not isinstance(text, str):
             return None
-        text = without_version(text)
-        found = self.by_reference.get(text)
-        if found is None and "/" in text and not text.startswith("urn:"):
-            parts = text.rstrip("/").split("/")
-            if len(parts) >= 2:
-                found = self.by_reference.get(f"{parts[-2]}/{parts[-1]}")
+        found = self.by_reference.get(without_version(text))
+        if found is None:
+            relative = relative_reference(text)
+            if relative is not None:
+                found = self.by_reference.get(relative)
         return found
 
     def date_of(self, resource: Resource) -> dt.date | None:

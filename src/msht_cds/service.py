@@ -172,8 +172,16 @@ def _card_for_hook(
     read_history: HistoryLookup,
 ) -> Card | None:
     if assessment.concern is None:
-        return None
+        return None  # before the history is read: most calls end here
     history = read_history()
+    if not card_is_due(
+        request.hook,
+        assessment,
+        record,
+        selected=request.selections if request.hook == "order-select" else None,
+        referral_recorded=history.referral_recorded_for_encounter,
+    ):
+        return None
     library = knowledge.library
     overlay = select_overlay(library, settings.locality, record)
     plan = plan_referral(library, settings.nation, overlay, assessment)
@@ -183,14 +191,6 @@ def _card_for_hook(
     indicator = assessment.card_indicator or "info"
     kind = "assessment"
     earlier: str | None = None
-    if not card_is_due(
-        request.hook,
-        assessment,
-        record,
-        selected=request.selections if request.hook == "order-select" else None,
-        referral_recorded=history.referral_recorded_for_encounter,
-    ):
-        return None
     if request.hook == "encounter-discharge":
         kind = "discharge"
     elif request.hook in ORDER_HOOKS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection
 
+from ..cdshooks import ORDER_HOOKS
 from ..record import PatientRecord, reference_key
 from .evaluate import Assessment, Evaluation, combine, deduplicate
 from .loader import Library
@@ -46,7 +47,7 @@ def card_is_due(
         return False
     if hook == "encounter-discharge":
         return assessment.concern == "high" and not referral_recorded
-    if hook in ("order-select", "order-sign"):
+    if hook in ORDER_HOOKS:
         drafts = {reference_key(r) for r in record.draft_orders}
         if selected is not None:
             drafts &= set(selected)

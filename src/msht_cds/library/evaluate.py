@@ -21,7 +21,7 @@ from ..record import (
     concept_readers,
     path_reader,
     reference_key,
-    without_version,
+    relative_reference,
 )
 from .fhirpath import CompiledPath, compile_strict, truthy
 from .model import (
@@ -617,8 +617,7 @@ def _identity(record: PatientRecord, value: object) -> str:
         target = record.resolve(value)
         if target is not None:
             return reference_key(target)
-        parts = without_version(value).rstrip("/").split("/")
-        return "/".join(parts[-2:]) if len(parts) >= 2 and not value.startswith("urn:") else value
+        return relative_reference(value) or value
     return str(value)
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 from ..record import PatientRecord
 from .assess import assess, card_is_due
-from .evaluate import Assessment
 from .loader import Library, Located
 from .model import Case
 
@@ -61,10 +60,6 @@ def record_for_case(case: Case) -> PatientRecord:
     return PatientRecord.build(
         patient_id, case.resources, encounter_id=case.encounter, draft_orders=case.draft_orders
     )
-
-
-def assess_case(library: Library, case: Case) -> Assessment:
-    return assess(library, record_for_case(case), case.today)
 
 
 def check_case(library: Library, case: Case) -> list[str]:
